@@ -1,0 +1,1 @@
+"""Code every voicequeue service shares: config, job records, events, blobs, queues, metrics."""

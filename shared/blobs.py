@@ -1,0 +1,44 @@
+"""Audio blobs (uploads and synthesized speech) behind one small interface.
+
+Redis is the default store: blobs expire with a TTL like the rest of a job.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Protocol
+
+import redis
+
+
+class BlobStore(Protocol):
+    def put(self, data: bytes, content_type: str, ttl_s: int, blob_id: str | None = None) -> str: ...
+    def get(self, blob_id: str) -> tuple[bytes, str] | None: ...
+    def delete(self, *blob_ids: str) -> None: ...
+
+
+class RedisBlobStore:
+    def __init__(self, conn: redis.Redis) -> None:
+        self.conn = conn
+
+    @staticmethod
+    def key(blob_id: str) -> str:
+        return f"vq:blob:{blob_id}"
+
+    def put(self, data: bytes, content_type: str, ttl_s: int, blob_id: str | None = None) -> str:
+        blob_id = blob_id or secrets.token_urlsafe(16)
+        pipe = self.conn.pipeline()
+        pipe.hset(self.key(blob_id), mapping={"data": data, "type": content_type})
+        pipe.expire(self.key(blob_id), ttl_s)
+        pipe.execute()
+        return blob_id
+
+    def get(self, blob_id: str) -> tuple[bytes, str] | None:
+        data, type_ = self.conn.hmget(self.key(blob_id), ["data", "type"])
+        if data is None:
+            return None
+        return data, (type_ or b"application/octet-stream").decode()
+
+    def delete(self, *blob_ids: str) -> None:
+        if blob_ids:
+            self.conn.delete(*(self.key(b) for b in blob_ids))

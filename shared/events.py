@@ -1,0 +1,54 @@
+"""A job's events: one Redis Stream per job, replayable from any id.
+
+Each entry has a `type` and a JSON `data`. Results travel inside the events
+(a client never has to fetch after a notification).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+TERMINAL = frozenset({"job.done", "job.failed", "job.cancelled"})
+MAXLEN = 5000
+
+
+def stream_key(job_id: str) -> str:
+    return f"vq:job:{job_id}:events"
+
+
+def append(
+    pipe: redis.Redis | redis.client.Pipeline, job_id: str, type_: str, data: dict[str, Any], ttl_s: int
+) -> None:
+    key = stream_key(job_id)
+    pipe.xadd(key, {"type": type_, "data": json.dumps(data, ensure_ascii=False)}, maxlen=MAXLEN)
+    pipe.expire(key, ttl_s)
+
+
+Event = tuple[str, str, dict[str, Any]]
+
+
+def read(conn: redis.Redis, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[Event]:
+    """Events strictly after `after`; blocks up to `block_ms` when there are none yet."""
+    reply = conn.xread({stream_key(job_id): after}, count=200, block=block_ms)
+    events: list[Event] = []
+    for _key, entries in reply or []:
+        for entry_id, fields in entries:
+            events.append((entry_id.decode(), fields[b"type"].decode(), json.loads(fields[b"data"])))
+    return events
+
+
+def wait_terminal(conn: redis.Redis, job_id: str, timeout_s: float) -> Event | None:
+    """Block until the job's final event arrives (or the timeout passes)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    after = "0-0"
+    while (left := deadline - time.monotonic()) > 0:
+        for event in read(conn, job_id, after, block_ms=max(1, int(min(left, 5.0) * 1000))):
+            after = event[0]
+            if event[1] in TERMINAL:
+                return event
+    return None

@@ -1,0 +1,122 @@
+"""The job record: one Redis hash per request, keyed by an unguessable id.
+
+Fields: `meta` (kind, plan, priority, inputs, options), `status`, `error`,
+`created_at`, and per stage `stage:<name>` (status, timings, attempts, error)
+and `result:<name>`. Each field is JSON, so one stage writes without racing
+another.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+import redis
+
+PLANS: dict[str, list[str]] = {
+    "turn": ["asr", "llm", "tts"],
+    "transcription": ["asr"],
+    "chat": ["llm", "tts"],
+    "chat_text": ["llm"],
+    "speech": ["tts"],
+}
+
+TERMINAL_STATUSES = frozenset({"done", "failed", "cancelled"})
+
+
+def new_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def key(job_id: str) -> str:
+    return f"vq:job:{job_id}"
+
+
+def create(
+    conn: redis.Redis,
+    *,
+    kind: str,
+    priority: str,
+    inputs: dict[str, Any],
+    options: dict[str, Any],
+    ttl_s: int,
+    plan: list[str] | None = None,
+    job_id: str | None = None,
+    pipe: redis.client.Pipeline | None = None,
+) -> str:
+    job_id = job_id or new_id()
+    meta = {"kind": kind, "plan": plan or PLANS[kind], "priority": priority, "inputs": inputs, "options": options}
+    p = pipe if pipe is not None else conn.pipeline()
+    p.hset(
+        key(job_id),
+        mapping={"meta": json.dumps(meta, ensure_ascii=False), "status": "queued", "created_at": time.time()},
+    )
+    p.expire(key(job_id), ttl_s)
+    if pipe is None:
+        p.execute()
+    return job_id
+
+
+def load(conn: redis.Redis, job_id: str) -> dict[str, Any] | None:
+    """The whole record as plain JSON-ready data, or None for an unknown id."""
+    raw = conn.hgetall(key(job_id))
+    if not raw or b"meta" not in raw:
+        return None
+    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    meta = json.loads(fields["meta"])
+    record: dict[str, Any] = {
+        "id": job_id,
+        "kind": meta["kind"],
+        "plan": meta["plan"],
+        "priority": meta["priority"],
+        "status": fields.get("status", "queued"),
+        "created_at": float(fields.get("created_at", 0)),
+        "inputs": meta["inputs"],
+        "options": meta["options"],
+        "stages": {},
+        "results": {},
+        "error": json.loads(fields["error"]) if "error" in fields else None,
+    }
+    for name in meta["plan"]:
+        if f"stage:{name}" in fields:
+            record["stages"][name] = json.loads(fields[f"stage:{name}"])
+        if f"result:{name}" in fields:
+            record["results"][name] = json.loads(fields[f"result:{name}"])
+    return record
+
+
+def next_stage(plan: list[str], stage: str) -> str | None:
+    i = plan.index(stage)
+    return plan[i + 1] if i + 1 < len(plan) else None
+
+
+def put_stage(pipe: redis.client.Pipeline | redis.Redis, job_id: str, stage: str, state: dict[str, Any]) -> None:
+    pipe.hset(key(job_id), f"stage:{stage}", json.dumps(state))
+
+
+def put_result(pipe: redis.client.Pipeline | redis.Redis, job_id: str, stage: str, result: dict[str, Any]) -> None:
+    pipe.hset(key(job_id), f"result:{stage}", json.dumps(result, ensure_ascii=False))
+
+
+def put_status(
+    pipe: redis.client.Pipeline | redis.Redis, job_id: str, status: str, error: dict[str, Any] | None = None
+) -> None:
+    pipe.hset(key(job_id), "status", status)
+    if error is not None:
+        pipe.hset(key(job_id), "error", json.dumps(error, ensure_ascii=False))
+
+
+def status(conn: redis.Redis, job_id: str) -> str | None:
+    value = conn.hget(key(job_id), "status")
+    return value.decode() if value else None
+
+
+def blob_ids(record: dict[str, Any]) -> list[str]:
+    """Every blob a job owns, so deleting the job can remove them."""
+    ids = [record["inputs"].get("blob_id")]
+    for result in record["results"].values():
+        ids.append(result.get("blob_id"))
+        ids.extend(c.get("blob_id") for c in result.get("chunks", []))
+    return [i for i in ids if i]

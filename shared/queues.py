@@ -1,0 +1,63 @@
+"""Stage queues: `<stage>:live` and `<stage>:batch`, and how a stage gets enqueued.
+
+Workers never import each other: the next stage is named by its dotted path.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from rq import Queue
+
+from shared import jobs
+from shared.config import CommonSettings
+
+STAGES = ("asr", "llm", "tts")
+PRIORITIES = ("live", "batch")
+TASKS = {
+    "asr": "services.asr.tasks.run",
+    "llm": "services.llm.tasks.run",
+    "tts": "services.tts.tasks.run",
+}
+
+
+def name(stage: str, priority: str) -> str:
+    return f"{stage}:{priority}"
+
+
+def names_for(stage: str) -> list[str]:
+    """Live first: rq's default dequeue order is the order given, so live drains before batch."""
+    return [name(stage, p) for p in PRIORITIES]
+
+
+def all_names() -> list[str]:
+    return [q for s in STAGES for q in names_for(s)]
+
+
+def timeout_s(settings: CommonSettings, audio_s: float) -> int:
+    return int(settings.job_timeout_base_s + settings.job_timeout_per_audio_s * audio_s)
+
+
+def enqueue(
+    conn: redis.Redis, settings: CommonSettings, job_id: str, stage: str, priority: str, audio_s: float = 0.0
+) -> bool:
+    """Put a job's stage on its queue once. Returns False if it was already enqueued.
+
+    The HSETNX marker makes a re-run of the previous stage (after a worker died) harmless.
+    """
+    if not conn.hsetnx(jobs.key(job_id), f"enq:{stage}", time.time()):
+        return False
+    pipe = conn.pipeline()
+    jobs.put_stage(pipe, job_id, stage, {"status": "queued", "queued_at": time.time(), "attempts": 0})
+    pipe.execute()
+    Queue(name(stage, priority), connection=conn).enqueue(
+        TASKS[stage],
+        job_id,
+        job_id=f"{job_id}_{stage}",
+        job_timeout=timeout_s(settings, audio_s),
+        result_ttl=0,
+        failure_ttl=settings.job_ttl_s,
+        description=f"{stage} {job_id}",
+    )
+    return True

@@ -1,0 +1,72 @@
+"""Test harness: a real redis-server on a free port, and the speech data set."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from shared import redis_server
+
+REPO = Path(__file__).resolve().parents[1]
+SPEECH = Path(os.environ.get("VQ_SPEECH_DIR", REPO.parent / "shared" / "data" / "speech"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {port} after {timeout_s} s")
+
+
+def manifest() -> dict[str, dict[str, str]]:
+    with (SPEECH / "MANIFEST.tsv").open(newline="") as f:
+        return {row["file"]: row for row in csv.DictReader(f, delimiter="\t")}
+
+
+@pytest.fixture(scope="session")
+def speech() -> Path:
+    assert (SPEECH / "MANIFEST.tsv").exists(), f"speech data missing at {SPEECH}"
+    return SPEECH
+
+
+@pytest.fixture(scope="session")
+def references() -> dict[str, dict[str, str]]:
+    return manifest()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    data_dir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(redis_server.command(port, data_dir), stdout=subprocess.DEVNULL)
+    wait_port(port, 10, proc)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def conn(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url)
+    c.flushdb()
+    yield c
+    c.close()
