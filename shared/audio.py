@@ -50,6 +50,24 @@ def _open(data: bytes) -> av.container.InputContainer:
     return container
 
 
+def _wav_missing_bytes(data: bytes) -> int:
+    """How many bytes of a RIFF/WAVE `data` chunk the header promises but the file lacks.
+
+    PyAV decodes a cut WAV without complaint, so truncation is read off the header.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return 0
+    pos = 12
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if data[pos : pos + 4] == b"data":
+            if size in (0, 0xFFFFFFFF):  # streamed WAVs leave the size unset
+                return 0
+            return max(0, pos + 8 + size - len(data))
+        pos += 8 + size + (size & 1)
+    return 0
+
+
 def probe(data: bytes, max_duration_s: float | None = None) -> AudioInfo:
     """Decode the whole file once to prove it is intact and measure its true duration."""
     container = _open(data)
@@ -72,6 +90,8 @@ def probe(data: bytes, max_duration_s: float | None = None) -> AudioInfo:
                          container.format.name)
     if samples == 0:
         raise AudioError("corrupt", "the file contains no decodable audio samples")
+    if missing := _wav_missing_bytes(data):
+        raise AudioError("truncated", f"the WAV file is truncated: {missing} bytes of audio data are missing")
     if declared and declared > 1.0 and info.duration_s < 0.9 * declared - 0.1:
         raise AudioError(
             "truncated",

@@ -11,6 +11,10 @@ from typing import Protocol
 import redis
 
 
+def _as_bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
 class BlobStore(Protocol):
     def put(self, data: bytes, content_type: str, ttl_s: int, blob_id: str | None = None) -> str: ...
     def get(self, blob_id: str) -> tuple[bytes, str] | None: ...
@@ -37,7 +41,7 @@ class RedisBlobStore:
         data, type_ = self.conn.hmget(self.key(blob_id), ["data", "type"])
         if data is None:
             return None
-        return data, (type_ or b"application/octet-stream").decode()
+        return _as_bytes(data), _as_bytes(type_ or b"application/octet-stream").decode()
 
     def delete(self, *blob_ids: str) -> None:
         if blob_ids:

@@ -7,6 +7,7 @@ Each entry has a `type` and a JSON `data`. Results travel inside the events
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -30,9 +31,8 @@ def append(
 Event = tuple[str, str, dict[str, Any]]
 
 
-def read(conn: redis.Redis, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[Event]:
-    """Events strictly after `after`; blocks up to `block_ms` when there are none yet."""
-    reply = conn.xread({stream_key(job_id): after}, count=200, block=block_ms)
+def parse(reply: Any) -> list[Event]:
+    """XREAD reply → [(event id, type, data)]."""
     events: list[Event] = []
     for _key, entries in reply or []:
         for entry_id, fields in entries:
@@ -40,10 +40,13 @@ def read(conn: redis.Redis, job_id: str, after: str = "0-0", block_ms: int | Non
     return events
 
 
+def read(conn: redis.Redis, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[Event]:
+    """Events strictly after `after`; blocks up to `block_ms` when there are none yet."""
+    return parse(conn.xread({stream_key(job_id): after}, count=200, block=block_ms))
+
+
 def wait_terminal(conn: redis.Redis, job_id: str, timeout_s: float) -> Event | None:
     """Block until the job's final event arrives (or the timeout passes)."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     after = "0-0"
     while (left := deadline - time.monotonic()) > 0:

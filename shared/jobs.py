@@ -26,6 +26,10 @@ PLANS: dict[str, list[str]] = {
 TERMINAL_STATUSES = frozenset({"done", "failed", "cancelled"})
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def new_id() -> str:
     return secrets.token_urlsafe(16)
 
@@ -64,7 +68,7 @@ def load(conn: redis.Redis, job_id: str) -> dict[str, Any] | None:
     raw = conn.hgetall(key(job_id))
     if not raw or b"meta" not in raw:
         return None
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    fields = {_text(k): _text(v) for k, v in raw.items()}
     meta = json.loads(fields["meta"])
     record: dict[str, Any] = {
         "id": job_id,
@@ -110,7 +114,7 @@ def put_status(
 
 def status(conn: redis.Redis, job_id: str) -> str | None:
     value = conn.hget(key(job_id), "status")
-    return value.decode() if value else None
+    return _text(value) if value else None
 
 
 def blob_ids(record: dict[str, Any]) -> list[str]:

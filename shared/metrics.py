@@ -36,7 +36,7 @@ AUDIO_SECONDS = Counter("voicequeue_audio_seconds", "Audio processed (ASR input,
 TTS_CHARS = Counter("voicequeue_tts_characters", "Characters synthesized.", ["engine"])
 
 _ALL: dict[str, Counter | Gauge | Histogram] = {
-    m._name: m  # type: ignore[attr-defined]
+    m._name: m
     for m in (JOBS, STAGE_SECONDS, QUEUE_WAIT, RETRIES, FALLBACKS, MODEL_LOAD, LLM_TOKENS, LLM_TTFT, RTF,
               AUDIO_SECONDS, TTS_CHARS)
 }

@@ -126,3 +126,13 @@ def _fail(ctx: StageContext, state: dict[str, Any], reason: str, message: str) -
     pipe.execute()
     metrics.inc(metrics.JOBS, stage=ctx.stage, outcome="failed")
     log.warning("stage failed", extra={"job_id": ctx.job_id, "stage": ctx.stage, "reason": reason})
+
+
+def job_connection() -> redis.Redis:
+    """The Redis connection of the rq job being performed (each stage task's entry point uses it)."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("not running inside an rq job")
+    return job.connection

@@ -14,15 +14,10 @@ import pytest
 import redis
 
 from shared import redis_server
+from tests.stack import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = Path(os.environ.get("VQ_SPEECH_DIR", REPO.parent / "shared" / "data" / "speech"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:

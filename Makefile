@@ -1,0 +1,53 @@
+# Two commands on a fresh machine: `make run` (whole stack) and `make test`.
+SHELL := /bin/bash
+CACHE_DIR ?= $(HOME)/.cache/voicequeue
+WHEELS := $(CACHE_DIR)/wheels
+LLAMA_SPEC := llama-cpp-python==0.3.36
+
+ifdef VIRTUAL_ENV
+VENV := $(VIRTUAL_ENV)
+else
+VENV := .venv
+endif
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.voicequeue-installed
+
+.PHONY: install models run test lint bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip wheel setuptools
+
+# llama-cpp-python compiles for ~8 min on 2 cores: build its wheel once into the cache and reuse it.
+$(WHEELS)/.llama-built: | $(PY)
+	mkdir -p $(WHEELS)
+	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || $(PIP) wheel --no-deps -w $(WHEELS) "$(LLAMA_SPEC)"
+	touch $@
+
+$(STAMP): pyproject.toml $(WHEELS)/.llama-built | $(PY)
+	$(PIP) install --find-links $(WHEELS) -e ".[asr,asr-openai,llm,llm-server,tts,dev]"
+	# openai-whisper's declared deps pull triton and a CUDA torch; its real deps are in the asr-openai extra.
+	$(PIP) install --no-deps "openai-whisper==20250625"
+	touch $@
+
+install: $(STAMP)
+
+models: install
+	$(VENV)/bin/voicequeue models fetch >/dev/null
+
+run: models
+	$(VENV)/bin/voicequeue up
+
+lint: install
+	$(VENV)/bin/ruff check shared services tests bench
+	$(VENV)/bin/mypy
+
+test: lint models
+	$(VENV)/bin/pytest -v --durations=15
+
+bench: models
+	$(PY) bench/pipeline.py
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

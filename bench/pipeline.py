@@ -1,0 +1,146 @@
+"""Pipeline benchmark: the real stack vs the raw engines on the short English clips, in one run.
+
+For each clip, first the raw engines run in this process with no Redis
+(faster-whisper → llama.cpp over HTTP → piper), then the same clip goes
+through the gateway, queues and workers. The LLM runs at temperature 0 so both
+paths produce the same reply. Prints medians and p95s, and the overhead ratio
+(pipeline end-to-end / sum of raw engine times). Usage: `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from shared import models, redis_server  # noqa: E402
+from shared.config import CommonSettings  # noqa: E402
+from tests.stack import Stack, free_port  # noqa: E402
+
+SPEECH = REPO.parent / "shared" / "data" / "speech"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class RawEngines:
+    """The engines exactly as a script would call them, with the pipeline's settings."""
+
+    def __init__(self, llm_base_url: str, system_prompt: str, max_tokens: int) -> None:
+        import openai
+        from faster_whisper import WhisperModel
+        from piper import PiperVoice
+
+        self.whisper = WhisperModel(str(models.whisper_tiny_en()), device="cpu", compute_type="int8", cpu_threads=2)
+        onnx, config = models.piper_voice()
+        self.piper = PiperVoice.load(str(onnx), config_path=str(config))
+        self.llm = openai.OpenAI(base_url=llm_base_url, api_key="sk-local", max_retries=0)
+        self.system_prompt = system_prompt
+        self.max_tokens = max_tokens
+
+    def asr(self, path: Path) -> tuple[str, float]:
+        start = time.perf_counter()
+        segments, _ = self.whisper.transcribe(str(path), beam_size=5, vad_filter=True, language="en")
+        text = " ".join(s.text.strip() for s in segments)
+        return text, time.perf_counter() - start
+
+    def chat(self, text: str, model: str) -> tuple[str, float]:
+        start = time.perf_counter()
+        stream = self.llm.chat.completions.create(
+            model=model, stream=True, temperature=0.0, max_tokens=self.max_tokens,
+            messages=[{"role": "system", "content": self.system_prompt}, {"role": "user", "content": text}],
+        )
+        reply = "".join((c.choices[0].delta.content or "") for c in stream if c.choices)
+        return reply, time.perf_counter() - start
+
+    def tts(self, text: str) -> float:
+        start = time.perf_counter()
+        for _chunk in self.piper.synthesize(text):
+            pass
+        return time.perf_counter() - start
+
+
+def clips(limit: int | None) -> list[Path]:
+    with (SPEECH / "MANIFEST.tsv").open(newline="") as f:
+        rows = [r["file"] for r in csv.DictReader(f, delimiter="\t") if r["file"].startswith("en_short/")]
+    return [SPEECH / r for r in rows][:limit]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N clips")
+    ap.add_argument("--rounds", type=int, default=1, help="passes over the clips")
+    args = ap.parse_args()
+
+    from services.llm.config import LlmSettings
+
+    tmp = Path(tempfile.mkdtemp(prefix="vq-bench-"))
+    port = free_port()
+    redis_proc = subprocess.Popen(redis_server.command(port, tmp / "redis"), stdout=subprocess.DEVNULL)
+    llm = LlmSettings()
+    stack = Stack(f"redis://127.0.0.1:{port}/0", tmp / "logs")
+    try:
+        stack.start(extra_env={"VQ_LLM_TEMPERATURE": "0"})
+        raw = RawEngines(stack.llm_base_url, llm.llm_system_prompt, llm.llm_max_tokens)
+        rows = []
+        with httpx.Client(base_url=stack.base_url, timeout=600) as client:
+            raw.chat("Hello", llm.llm_model)  # warm the llama.cpp prompt cache equally for both paths
+            for _ in range(args.rounds):
+                for path in clips(args.limit):
+                    rows.append(measure(client, raw, path, llm.llm_model))
+                    print(f"{path.name:45s} e2e {rows[-1]['e2e']:.2f}s raw {rows[-1]['raw_sum']:.2f}s "
+                          f"ratio {rows[-1]['e2e'] / rows[-1]['raw_sum']:.3f}", flush=True)
+        report(rows)
+    finally:
+        stack.stop()
+        redis_proc.terminate()
+
+
+def measure(client: httpx.Client, raw: RawEngines, path: Path, model: str) -> dict[str, float]:
+    _text, raw_asr = raw.asr(path)
+    start = time.perf_counter()
+    with path.open("rb") as f:
+        r = client.post("/v1/turns", files={"file": (path.name, f)}, data={"language": "en"})
+    r.raise_for_status()
+    audio = client.get(r.json()["audio_url"], params={"wait": 600})
+    e2e = time.perf_counter() - start
+    audio.raise_for_status()
+    job = client.get(r.json()["status_url"]).json()
+    transcript = job["results"]["asr"]["text"]
+    _reply, raw_llm = raw.chat(transcript, model)
+    raw_tts = raw.tts(job["results"]["llm"]["text"])
+    row = {"e2e": e2e, "raw_asr": raw_asr, "raw_llm": raw_llm, "raw_tts": raw_tts,
+           "raw_sum": raw_asr + raw_llm + raw_tts}
+    for stage in ("asr", "llm", "tts"):
+        row[f"wait_{stage}"] = job["stages"][stage]["queue_wait_s"]
+        row[f"run_{stage}"] = job["stages"][stage]["run_s"]
+    return row
+
+
+def report(rows: list[dict[str, float]]) -> None:
+    print(f"\n{len(rows)} turns, machine: {CommonSettings().__class__.__name__} defaults, 2 cores")
+    print(f"{'figure':28s} {'median':>9s} {'p95':>9s}")
+    for key in ["wait_asr", "wait_llm", "wait_tts", "run_asr", "run_llm", "run_tts",
+                "raw_asr", "raw_llm", "raw_tts", "raw_sum", "e2e"]:
+        values = [r[key] for r in rows]
+        print(f"{key + ' (s)':28s} {statistics.median(values):9.3f} {pct(values, 0.95):9.3f}")
+    ratios = [r["e2e"] / r["raw_sum"] for r in rows]
+    print(f"{'overhead ratio e2e/raw_sum':28s} {statistics.median(ratios):9.3f} {pct(ratios, 0.95):9.3f}")
+    print(f"\nbaseline: raw engines in-process, no Redis. median overhead ratio = {statistics.median(ratios):.3f} "
+          "(quality bar: <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()

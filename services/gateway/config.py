@@ -1,0 +1,25 @@
+"""Gateway settings (env prefix VQ_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.config import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    gateway_host: str = Field("127.0.0.1", description="Interface the HTTP server binds to.")
+    gateway_port: int = Field(8000, description="HTTP port of the gateway.")
+    gateway_public_url: str | None = Field(
+        None, description="Base URL put in links (status_url, events_url…); default: from the request."
+    )
+    max_upload_mb: float = Field(25.0, description="Largest accepted upload (413 past it), as OpenAI's audio API.")
+    max_turn_audio_s: float = Field(15 * 60, description="Longest audio for a live turn or transcription (422).")
+    transcription_wait_s: float = Field(
+        600.0, description="How long POST /v1/audio/transcriptions waits for its job before answering 504."
+    )
+    sse_keepalive_s: float = Field(15.0, description="Comment sent on an idle SSE stream to keep proxies open.")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)

@@ -1,0 +1,31 @@
+"""Reading a job's event stream from the gateway's event loop (async Redis)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+
+from shared import events
+
+
+async def follow(
+    aconn: aioredis.Redis, job_id: str, after: str = "0-0", idle_s: float = 15.0, timeout_s: float | None = None
+) -> AsyncIterator[events.Event | None]:
+    """Yield events after `after` until a terminal one; yield None after `idle_s` of silence (keep-alive)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while deadline is None or time.monotonic() < deadline:
+        block_ms = int(idle_s * 1000)
+        if deadline is not None:
+            block_ms = max(1, min(block_ms, int((deadline - time.monotonic()) * 1000)))
+        reply = await aconn.xread({events.stream_key(job_id): after}, count=200, block=block_ms)
+        batch = events.parse(reply)
+        if not batch:
+            yield None
+            continue
+        for event in batch:
+            after = event[0]
+            yield event
+            if event[1] in events.TERMINAL:
+                return

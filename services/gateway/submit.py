@@ -1,0 +1,50 @@
+"""Creating a job: store its input, write the record, enqueue the plan's first stage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from fastapi import Request
+
+from services.gateway.config import GatewaySettings
+from services.gateway.uploads import CheckedAudio
+from shared import events, jobs, queues
+from shared.blobs import RedisBlobStore
+
+
+def submit(
+    conn: redis.Redis,
+    settings: GatewaySettings,
+    *,
+    kind: str,
+    options: dict[str, Any],
+    upload: CheckedAudio | None = None,
+    text: str | None = None,
+    priority: str = "live",
+) -> str:
+    job_id = jobs.new_id()
+    inputs: dict[str, Any] = {}
+    if upload is not None:
+        blob_id = RedisBlobStore(conn).put(upload.data, upload.content_type, settings.blob_ttl_s)
+        inputs = {"blob_id": blob_id, "filename": upload.filename, **upload.info.as_dict()}
+    if text is not None:
+        inputs["text"] = text
+    pipe = conn.pipeline()
+    jobs.create(conn, kind=kind, priority=priority, inputs=inputs, options=options,
+                ttl_s=settings.job_ttl_s, job_id=job_id, pipe=pipe)
+    events.append(pipe, job_id, "job.created", {"kind": kind, "plan": jobs.PLANS[kind]}, settings.job_ttl_s)
+    pipe.execute()
+    first = jobs.PLANS[kind][0]
+    queues.enqueue(conn, settings, job_id, first, priority, float(inputs.get("duration_s") or 0.0))
+    return job_id
+
+
+def links(request: Request, settings: GatewaySettings, job_id: str) -> dict[str, str]:
+    base = (settings.gateway_public_url or str(request.base_url)).rstrip("/")
+    return {
+        "id": job_id,
+        "status_url": f"{base}/v1/jobs/{job_id}",
+        "events_url": f"{base}/v1/jobs/{job_id}/events",
+        "audio_url": f"{base}/v1/jobs/{job_id}/audio",
+    }

@@ -1,0 +1,142 @@
+"""`voicequeue`: start the stack or one of its processes, and manage models.
+
+Service modules are imported inside each command so that, say, the gateway
+never loads ASR or TTS code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+REPO_PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
+
+
+def _up(args: argparse.Namespace) -> int:
+    """Thin wrapper over honcho: decide which processes run, make sure models exist, then hand over."""
+    from services.gateway.config import GatewaySettings
+    from shared import models
+
+    settings = GatewaySettings()
+    procs = ["asr", "llm", "tts", "gateway"]
+    if "VQ_REDIS_URL" not in os.environ:
+        procs.insert(0, "redis")
+    if "VQ_LLM_BASE_URL" not in os.environ:
+        procs.insert(0, "llm-server")
+        models.qwen_gguf(settings.models_dir)
+    models.whisper_base(settings.models_dir)
+    env_bin = str(Path(sys.executable).parent)
+    os.environ["PATH"] = env_bin + os.pathsep + os.environ.get("PATH", "")
+    print(f"voicequeue: starting {', '.join(procs)}", flush=True)
+    print(f"voicequeue: gateway at http://{settings.gateway_host}:{settings.gateway_port}", flush=True)
+    honcho = shutil.which("honcho", path=os.environ["PATH"]) or "honcho"
+    os.execvp(honcho, [honcho, "-f", str(args.procfile), "-d", os.getcwd(), "start", *procs])
+    return 0
+
+
+def _redis(args: argparse.Namespace) -> int:
+    from shared import redis_server
+    from shared.config import CommonSettings
+
+    settings = CommonSettings()
+    port = urlparse(settings.redis_url).port or 6379
+    cmd = redis_server.command(port, settings.data_dir / "redis")
+    os.execv(cmd[0], cmd)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import importlib
+
+    importlib.import_module(f"services.{args.stage}.worker").main()
+    return 0
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from services.gateway.app import create_app
+    from services.gateway.config import GatewaySettings
+    from shared import logs
+
+    settings = GatewaySettings()
+    logs.setup("gateway", settings.log_level, settings.log_json)
+    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
+                log_config=None, access_log=False)
+    return 0
+
+
+def _llm_server(args: argparse.Namespace) -> int:
+    from services.llm import server
+
+    server.main()
+    return 0
+
+
+def _models_fetch(args: argparse.Namespace) -> int:
+    from shared import models
+    from shared.config import CommonSettings
+
+    settings = CommonSettings()
+    print(models.whisper_tiny_en())
+    print(models.whisper_base(settings.models_dir))
+    print(models.qwen_gguf(settings.models_dir))
+    print(models.piper_voice()[0])
+    return 0
+
+
+def _convert_whisper(args: argparse.Namespace) -> int:
+    from services.asr import convert
+    from shared.config import CommonSettings
+
+    out = convert.convert_named(args.model, CommonSettings().models_dir)
+    print(out)
+    return 0
+
+
+def _env_example(args: argparse.Namespace) -> int:
+    from shared import envdoc
+
+    print(envdoc.render(), end="")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="voicequeue", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    up = add("up", _up, "start the whole stack in the foreground (Ctrl-C stops it)")
+    up.add_argument("--procfile", type=Path, default=REPO_PROCFILE)
+    add("redis-server", _redis, "run the embedded redis-server (AOF on) on VQ_REDIS_URL's port")
+    worker = add("worker", _worker, "run a stage worker")
+    worker.add_argument("stage", choices=["asr", "llm", "tts"])
+    add("gateway", _gateway, "run the HTTP gateway")
+    add("llm-server", _llm_server, "run the local llama.cpp OpenAI-compatible server")
+    add("env-example", _env_example, "print every setting with its default (the source of .env.example)")
+    models = sub.add_parser("models", help="offline model files")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    fetch = msub.add_parser("fetch", help="assemble every model into the cache directory")
+    fetch.set_defaults(fn=_models_fetch)
+    conv = msub.add_parser("convert-whisper", help="turn CTranslate2 whisper weights into an openai-whisper checkpoint")
+    conv.add_argument("--model", default="tiny.en", help="tiny.en, base, or a CTranslate2 model directory")
+    conv.set_defaults(fn=_convert_whisper)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    sys.exit(args.fn(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Languages Whisper knows (ISO 639-1 codes, plus haw and yue), for validating requests up front."""
+
+WHISPER_LANGUAGES = frozenset(
+    [
+        "af", "am", "ar", "as", "az", "ba", "be", "bg", "bn", "bo", "br", "bs", "ca", "cs", "cy", "da", "de",
+        "el", "en", "es", "et", "eu", "fa", "fi", "fo", "fr", "gl", "gu", "ha", "haw", "he", "hi", "hr", "ht",
+        "hu", "hy", "id", "is", "it", "ja", "jw", "ka", "kk", "km", "kn", "ko", "la", "lb", "ln", "lo", "lt",
+        "lv", "mg", "mi", "mk", "ml", "mn", "mr", "ms", "mt", "my", "ne", "nl", "nn", "no", "oc", "pa", "pl",
+        "ps", "pt", "ro", "ru", "sa", "sd", "si", "sk", "sl", "sn", "so", "sq", "sr", "su", "sv", "sw", "ta",
+        "te", "tg", "th", "tk", "tl", "tr", "tt", "uk", "ur", "uz", "vi", "yi", "yo", "zh", "yue",
+    ]
+)
+
+
+def check(code: str | None) -> str | None:
+    """Normalised code, or ValueError naming the unknown language. `zh-CN` style tags reduce to `zh`."""
+    if code is None or not code.strip():
+        return None
+    base = code.strip().lower().replace("_", "-").split("-")[0]
+    if base not in WHISPER_LANGUAGES:
+        raise ValueError(f"unknown language {code!r}: use an ISO 639-1 code such as en or zh")
+    return base

@@ -1,0 +1,64 @@
+"""POST /v1/audio/transcriptions: OpenAI-compatible, with the OpenAI SDK itself as the client."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from shared.textnorm import cer, wer
+from tests.stack import Stack
+
+
+def _transcribe(client: httpx.Client, path, **form: str) -> httpx.Response:
+    with open(path, "rb") as f:
+        return client.post("/v1/audio/transcriptions", files={"file": (path.name, f)}, data=form)
+
+
+def test_openai_sdk(stack: Stack, speech, references) -> None:
+    sdk = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    with open(speech / "en_short/jfk.flac", "rb") as f:
+        result = sdk.audio.transcriptions.create(model="whisper-1", file=f)
+    assert wer(references["en_short/jfk.flac"]["transcript"], result.text) <= 0.10, result.text
+
+
+@pytest.mark.parametrize("fmt", ["text", "verbose_json", "srt", "vtt"])
+def test_response_formats(client: httpx.Client, speech, fmt: str) -> None:
+    r = _transcribe(client, speech / "en_short/LDC93S1.wav", response_format=fmt)
+    assert r.status_code == 200, r.text
+    if fmt == "verbose_json":
+        body = r.json()
+        assert body["language"] == "en" and abs(body["duration"] - 2.925) < 0.01
+        assert body["segments"] and all(0 <= s["start"] < s["end"] <= 3.0 for s in body["segments"])
+        assert "dark suit" in body["text"].lower()
+    else:
+        assert "dark suit" in r.text.lower()
+    if fmt == "srt":
+        assert r.text.startswith("1\n00:00:0") and " --> " in r.text
+    if fmt == "vtt":
+        assert r.text.startswith("WEBVTT\n\n00:00:0")
+
+
+def test_mandarin_with_base_model(client: httpx.Client, speech, references) -> None:
+    name = "zh/aishell1_BAC009S0724W0121.wav"
+    r = _transcribe(client, speech / name, language="zh", response_format="verbose_json")
+    assert r.status_code == 200, r.text
+    assert r.json()["language"] == "zh"
+    assert cer(references[name]["transcript"], r.json()["text"]) <= 0.35, r.json()["text"]
+
+
+@pytest.mark.parametrize("name,bound", [
+    ("telephone/LDC93S1_pcms16le_1_8000.wav", 0.35),
+    ("telephone/10001-90210-01803-8khz.wav", 0.35),
+])
+def test_telephone(client: httpx.Client, speech, references, name: str, bound: float) -> None:
+    r = _transcribe(client, speech / name)
+    assert r.status_code == 200, r.text
+    assert wer(references[name]["transcript"], r.json()["text"]) <= bound, r.json()["text"]
+
+
+def test_stereo(client: httpx.Client, speech) -> None:
+    r = _transcribe(client, speech / "en_short/fw_stereo_diarization.wav", response_format="verbose_json")
+    assert r.status_code == 200, r.text
+    text = r.json()["text"].lower()
+    assert "wizard" in text or "horizon" in text, text

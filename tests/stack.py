@@ -1,0 +1,132 @@
+"""Starting the real stack as separate processes (llama.cpp server, workers, gateway) for tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+def _voicequeue() -> str:
+    return str(VENV_BIN / "voicequeue") if (VENV_BIN / "voicequeue").exists() else shutil.which("voicequeue") or ""
+
+
+@dataclass
+class Stack:
+    redis_url: str
+    log_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['gateway']}"
+
+    @property
+    def llm_base_url(self) -> str:
+        return self.env["VQ_LLM_BASE_URL"]
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen([_voicequeue(), *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start(self, llm_base_url: str | None = None, extra_env: dict[str, str] | None = None) -> Stack:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("gateway", "asr", "llm", "tts", "llm-server"):
+            self.ports[name] = free_port()
+        self.env = {
+            **os.environ,
+            "VQ_REDIS_URL": self.redis_url,
+            "VQ_GATEWAY_PORT": str(self.ports["gateway"]),
+            "VQ_ASR_METRICS_PORT": str(self.ports["asr"]),
+            "VQ_LLM_METRICS_PORT": str(self.ports["llm"]),
+            "VQ_TTS_METRICS_PORT": str(self.ports["tts"]),
+            "VQ_LLM_SERVER_PORT": str(self.ports["llm-server"]),
+            "VQ_LLM_BASE_URL": llm_base_url or f"http://127.0.0.1:{self.ports['llm-server']}/v1",
+            "VQ_LOG_JSON": "true",
+            **(extra_env or {}),
+        }
+        if llm_base_url is None:
+            self.spawn("llm-server", "llm-server")
+        for stage in ("asr", "llm", "tts"):
+            self.spawn(f"worker-{stage}", "worker", stage)
+        gateway = self.spawn("gateway", "gateway")
+        wait_http(f"{self.base_url}/healthz", 60, gateway)
+        if llm_base_url is None:
+            wait_http(f"{self.llm_base_url}/models", 120, self.procs["llm-server"])
+        wait_http(f"{self.base_url}/readyz", 120, gateway)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_dir}/{name}.log")
+            if httpx.get(f"{self.base_url}/readyz", timeout=5).status_code == 200:
+                return
+            time.sleep(0.3)
+        raise TimeoutError("workers did not register within 180 s")
+
+    def metrics(self, service: str) -> str:
+        url = f"{self.base_url}/metrics" if service == "gateway" else f"http://127.0.0.1:{self.ports[service]}/"
+        return httpx.get(url, timeout=10).text
+
+    def metric(self, service: str, name: str, **labels: str) -> float:
+        """Sum of a metric's samples matching the labels (0.0 when absent)."""
+        total = 0.0
+        for line in self.metrics(service).splitlines():
+            m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)$", line)
+            if not m or m.group(1) != name:
+                continue
+            got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            if all(got.get(k) == v for k, v in labels.items()):
+                total += float(m.group(3))
+        return total
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, 15)
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
