@@ -1,0 +1,60 @@
+"""Settings of the TTS worker (env vars `VQ_TTS_*`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from shared.config import CommonSettings
+
+
+class TtsSettings(CommonSettings):
+    tts_engine: Literal["piper", "espeak", "edge"] = Field(
+        "piper",
+        description='Default engine: "piper" (offline, English), "espeak" (offline, many languages, robotic) '
+        'or "edge" (Microsoft online voices; falls back to a local engine when unreachable or throttled).',
+    )
+    tts_voice: str = Field(
+        "en_US-joe-medium",
+        description="The piper voice: the shipped en_US-joe-medium, or a path to another voice's .onnx "
+        "(its .onnx.json beside it).",
+    )
+    tts_zh_voice: str = Field(
+        "cmn",
+        description="espeak-ng voice for Mandarin. Languages piper has no voice for use espeak-ng, with the "
+        "voice named by the language code (this one for zh).",
+    )
+    tts_edge_voices: dict[str, str] = Field(
+        default_factory=lambda: {
+            "en": "en-US-AriaNeural",
+            "zh": "zh-CN-XiaoxiaoNeural",
+            "de": "de-DE-KatjaNeural",
+            "fr": "fr-FR-DeniseNeural",
+            "es": "es-ES-ElviraNeural",
+            "ja": "ja-JP-NanamiNeural",
+        },
+        description="edge-tts voice per language (JSON in VQ_TTS_EDGE_VOICES). Languages missing here use "
+        "a local engine.",
+    )
+    tts_edge_url: str | None = Field(
+        None,
+        description="WebSocket endpoint edge-tts connects to, with its query string "
+        "(default: the library's Microsoft endpoint). Points it at a proxy or a test server.",
+    )
+    tts_edge_timeout_s: float = Field(
+        10.0, description="Upper bound on one edge-tts attempt (connect + all audio); retries come on top."
+    )
+    tts_edge_retry_total_s: float = Field(
+        5.0,
+        description="Cap on the time edge-tts retries may take (tighter than retry_total_s: a local voice "
+        "can speak in a fraction of a second instead).",
+    )
+    tts_edge_cooldown_s: float = Field(
+        30.0,
+        description="After edge fails for good, send jobs straight to the local engine for this long "
+        "(shared through Redis), so a dead upstream does not cost every sentence its retries. 0 disables.",
+    )
+    tts_speed: float = Field(1.0, gt=0.2, lt=5.0, description="Speaking rate: 1.0 normal, 1.5 faster.")
+    tts_max_chars: int = Field(5000, description="Longest text one job may synthesize.")
+    tts_metrics_port: int = Field(9103, description="Port of the TTS worker's /metrics endpoint.")

@@ -1,0 +1,162 @@
+"""Which engine speaks a text, and falling back to a local one when edge-tts fails.
+
+Routing: an explicit engine, else the engine the requested voice belongs to,
+else `tts_engine`. If that engine has no voice for the language, the local
+engine for the language speaks instead: piper where it has a voice (English),
+espeak-ng otherwise (Mandarin and the rest). When edge-tts is unreachable or
+throttled past its retries, the local engine speaks, the fallback is counted
+and returned for the job record, and edge is skipped for
+`tts_edge_cooldown_s` (a Redis key, so every job process sees it).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from services.tts.config import TtsSettings
+from services.tts.engines.base import Speech, TtsEngine, base_language
+from services.tts.engines.edge import EdgeEngine, is_edge_voice, voice_language
+from services.tts.engines.espeak import EspeakEngine
+from services.tts.engines.piper import PiperEngine
+from shared import metrics
+from shared.retry import UpstreamError
+from shared.stage import StageError
+from shared.worker import timed
+
+log = logging.getLogger(__name__)
+
+ENGINE_NAMES = ("piper", "espeak", "edge")
+EDGE_DOWN_KEY = "vq:tts:edge:down"
+
+# Script → language, for texts that arrive without one (an LLM answering in Chinese).
+_SCRIPTS = [
+    (re.compile(r"[\u3040-\u30ff]"), "ja"),  # kana before Han: Japanese uses both
+    (re.compile(r"[\uac00-\ud7af]"), "ko"),
+    (re.compile(r"[\u4e00-\u9fff\u3400-\u4dbf]"), "zh"),
+]
+
+
+@dataclass
+class Engines:
+    piper: PiperEngine | None = None
+    espeak: EspeakEngine | None = None
+    edge: EdgeEngine | None = None
+
+    def get(self, name: str) -> TtsEngine | None:
+        engine: TtsEngine | None = getattr(self, name, None)
+        return engine
+
+
+def load(settings: TtsSettings, names: tuple[str, ...] = ENGINE_NAMES) -> tuple[Engines, dict[str, float]]:
+    """Load the engines once (the worker's parent does, before forking). Returns load seconds per model."""
+    engines = Engines()
+    seconds: dict[str, float] = {}
+    if "piper" in names:
+        engines.piper, seconds[f"piper:{settings.tts_voice}"] = timed(lambda: _warm(PiperEngine(settings.tts_voice)))
+    if "espeak" in names:
+        engines.espeak, seconds["espeak-ng"] = timed(lambda: EspeakEngine(settings.tts_zh_voice))
+    if "edge" in names:
+        engines.edge = EdgeEngine(settings)  # online: nothing to load
+    return engines, seconds
+
+
+def _warm(piper: PiperEngine) -> PiperEngine:
+    piper.warm_up()
+    return piper
+
+
+@dataclass
+class Synthesis:
+    speech: Speech
+    engine: str
+    voice: str
+    language: str | None
+    seconds: float
+    fallback: dict[str, Any] | None = None
+
+
+def guess_language(text: str) -> str | None:
+    for pattern, language in _SCRIPTS:
+        if pattern.search(text):
+            return language
+    return None
+
+
+def engine_of_voice(engines: Engines, voice: str) -> str:
+    if is_edge_voice(voice):
+        return "edge"
+    if engines.piper is not None and voice == engines.piper.voice:
+        return "piper"
+    if engines.espeak is not None and voice.lower() in engines.espeak.voices:
+        return "espeak"
+    raise StageError("unknown_voice", f"no engine has a voice named {voice!r}")
+
+
+def local_engine(engines: Engines, language: str | None) -> TtsEngine:
+    for engine in (engines.piper, engines.espeak):
+        if engine is not None and engine.supports(language):
+            return engine
+    raise StageError("unsupported_language", f"no local TTS voice for language {language!r}")
+
+
+def choose(engines: Engines, settings: TtsSettings, language: str | None, voice: str | None,
+           engine: str | None) -> tuple[TtsEngine, str | None]:
+    """The engine to try first, and the requested voice if that engine is the one it belongs to."""
+    wanted = engine or (engine_of_voice(engines, voice) if voice else None) or settings.tts_engine
+    if wanted not in ENGINE_NAMES:
+        raise StageError("unknown_engine", f"unknown TTS engine {wanted!r}: use {', '.join(ENGINE_NAMES)}")
+    chosen = engines.get(wanted)
+    own_voice = voice if voice and engine_of_voice(engines, voice) == wanted else None
+    # An edge voice named outright speaks any language; the configured per-language voices do not.
+    if chosen is not None and (chosen.supports(language) or (own_voice and wanted == "edge")):
+        return chosen, own_voice
+    return local_engine(engines, language), None
+
+
+def synthesize(engines: Engines, settings: TtsSettings, text: str, *, language: str | None = None,
+               voice: str | None = None, engine: str | None = None, speed: float | None = None,
+               conn: redis.Redis | None = None) -> Synthesis:
+    speed = settings.tts_speed if speed is None else speed
+    language = base_language(language) or (voice_language(voice) if voice and is_edge_voice(voice) else None)
+    language = language or guess_language(text)
+    chosen, chosen_voice = choose(engines, settings, language, voice, engine)
+    start = time.perf_counter()
+    if chosen.name != "edge":
+        speech = chosen.synthesize(text, voice=chosen_voice, language=language, speed=speed)
+        return Synthesis(speech, chosen.name, chosen.voice_for(chosen_voice, language), language,
+                         time.perf_counter() - start)
+    down = _edge_down_reason(conn)
+    if down is not None:
+        error = UpstreamError(down, f"edge-tts failed moments ago ({down}); skipped for the cool-down")
+    else:
+        try:
+            speech = chosen.synthesize(text, voice=chosen_voice, language=language, speed=speed)
+            return Synthesis(speech, "edge", chosen.voice_for(chosen_voice, language), language,
+                             time.perf_counter() - start)
+        except UpstreamError as exc:
+            _mark_edge_down(conn, settings, exc.reason)
+            error = exc
+    local = local_engine(engines, language)
+    log.warning("edge-tts failed, using a local engine",
+                extra={"reason": error.reason, "error": error.message, "fallback": local.name})
+    metrics.inc(metrics.FALLBACKS, stage="tts", from_engine="edge", to_engine=local.name)
+    speech = local.synthesize(text, voice=None, language=language, speed=speed)
+    fallback = {"from": "edge", "to": local.name, "reason": error.reason, "message": error.message}
+    return Synthesis(speech, local.name, local.voice_for(None, language), language,
+                     time.perf_counter() - start, fallback)
+
+
+def _edge_down_reason(conn: redis.Redis | None) -> str | None:
+    down = conn.get(EDGE_DOWN_KEY) if conn is not None else None
+    return down.decode() if isinstance(down, bytes) else None
+
+
+def _mark_edge_down(conn: redis.Redis | None, settings: TtsSettings, reason: str) -> None:
+    if conn is not None and settings.tts_edge_cooldown_s > 0:
+        conn.set(EDGE_DOWN_KEY, reason, px=int(settings.tts_edge_cooldown_s * 1000))
