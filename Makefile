@@ -20,9 +20,11 @@ $(PY):
 	$(PIP) install --upgrade pip wheel setuptools
 
 # llama-cpp-python compiles for ~8 min on 2 cores: build its wheel once into the cache and reuse it.
+# --no-cache-dir: pip's own cache could hand back a build made with other CMAKE_ARGS.
 $(WHEELS)/.llama-built: | $(PY)
 	mkdir -p $(WHEELS)
-	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || $(PIP) wheel --no-deps -w $(WHEELS) "$(LLAMA_SPEC)"
+	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="$$(sh deploy/llama-cmake-args.sh)" $(PIP) wheel --no-cache-dir --no-deps -w $(WHEELS) "$(LLAMA_SPEC)"
 	touch $@
 
 $(STAMP): pyproject.toml $(WHEELS)/.llama-built | $(PY)

@@ -1,0 +1,53 @@
+"""Settings of the LLM worker and of the local llama.cpp server it talks to by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+
+from shared.config import CommonSettings
+
+SYSTEM_PROMPT = (
+    "You are a friendly customer-service agent on a phone call. Your reply is read aloud by a speech "
+    "synthesizer, so answer in short, plain spoken sentences: no markdown, lists, headings, code, URLs, "
+    "emoji or special symbols. Write numbers and abbreviations the way a person would say them. "
+    "Be polite, helpful and brief: two or three sentences unless the caller asks for more. "
+    "If you do not know something, say so and offer to help another way. "
+    "Always answer in the caller's language."
+)
+
+
+class LlmSettings(CommonSettings):
+    llm_base_url: str = Field(
+        "http://127.0.0.1:8080/v1",
+        description="OpenAI-compatible API root (the local llama.cpp server, OpenAI, DashScope, Ollama...).",
+    )
+    llm_api_key: SecretStr = Field(
+        SecretStr("sk-local"), description="Bearer key for the API. Never logged."
+    )
+    llm_model: str = Field(
+        "qwen2.5-coder-1.5b-instruct", description="Model name sent with each request (the local server's alias)."
+    )
+    llm_temperature: float = Field(0.5, ge=0.0, le=2.0, description="Sampling temperature.")
+    llm_max_tokens: int = Field(160, ge=1, description="Cap on reply tokens (a spoken reply stays short).")
+    llm_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest wait for the first byte of a reply and between streamed chunks. A busy local "
+        "server queues requests, so this covers waiting for other replies to finish.",
+    )
+    llm_connect_timeout_s: float = Field(5.0, gt=0, description="Longest wait to open a connection.")
+    llm_system_prompt: str = Field(SYSTEM_PROMPT, description="System prompt: speech-friendly replies.")
+    llm_history_turns: int = Field(
+        10, ge=0, description="Most recent conversation turns (user + assistant pairs) sent with a request."
+    )
+    llm_metrics_port: int = Field(9102, description="Port of the worker's Prometheus /metrics.")
+
+    llm_server_host: str = Field("127.0.0.1", description="Listen address of the local llama.cpp server.")
+    llm_server_port: int = Field(8080, description="Listen port of the local llama.cpp server.")
+    llm_server_threads: int = Field(2, ge=1, description="CPU threads the local server generates with.")
+    llm_server_ctx: int = Field(4096, ge=256, description="Context window of the local server, in tokens.")
+    llm_server_model_path: Path | None = Field(
+        None, description="GGUF model for the local server; default: the bundled Qwen2.5-Coder-1.5B-Instruct Q4."
+    )

@@ -1,0 +1,46 @@
+"""What an LLM engine offers the stage: a streamed chat reply and its accounting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, TypedDict
+
+
+class Message(TypedDict):
+    role: str
+    content: str
+
+
+@dataclass
+class ChatResult:
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    usage_estimated: bool  # True when the server sent no usage and the counts are our estimate
+    ttft_s: float | None  # from the first request (retries included) to the first text delta
+    finish_reason: str | None  # "stop", "length", or "cancelled" when the caller stopped reading
+    retries: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ChatStream(Protocol):
+    """Iterate for text deltas; `result` is complete once iteration ends or `close()` is called."""
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def result(self) -> ChatResult: ...
+
+
+class ChatEngine(Protocol):
+    model: str
+
+    def stream(self, messages: Sequence[Message]) -> ChatStream:
+        """Start a reply. Raises `shared.retry.UpstreamError` if the upstream cannot be reached for good."""
+        ...

@@ -1,0 +1,196 @@
+"""Chat replies from any OpenAI-compatible server (llama.cpp's, OpenAI, DashScope, Ollama) via the `openai` SDK.
+
+The SDK's own retries are off (`max_retries=0`): `shared.retry` owns them.
+What is retried is opening the stream *up to its first text delta*, because
+until then nothing has reached the caller. A stream that breaks after text
+was handed out is not retried: the text is already emitted (and perhaps
+spoken), and a second sample would not continue it. That fails the stage
+with "upstream_unavailable" instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
+
+import openai
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+
+from services.llm.config import LlmSettings
+from services.llm.engines.base import ChatResult, Message
+from shared import retry
+from shared.retry import Retryable, UpstreamError
+
+log = logging.getLogger(__name__)
+
+SERVICE = "llm"
+
+
+def classify(exc: BaseException) -> Retryable | UpstreamError | None:
+    """Retry 429, 408, 5xx, timeouts and connection errors; refuse other 4xx; leave other errors alone."""
+    if isinstance(exc, openai.APITimeoutError):
+        return Retryable("timeout", "no answer from the LLM server in time")
+    if isinstance(exc, openai.APIConnectionError):
+        return Retryable("connection", "cannot reach the LLM server")
+    if isinstance(exc, openai.APIStatusError):
+        verdict = retry.classify_http_status(exc.status_code, exc.response.headers)
+        if isinstance(verdict, UpstreamError):
+            return UpstreamError(verdict.reason, f"{verdict.message}: {exc.message[:200]}")
+        return verdict
+    if isinstance(exc, openai.APIError):
+        # An error event inside an SSE stream: the server failed while answering.
+        return Retryable("5xx", f"error event in stream: {exc.message[:200]}")
+    return None
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count when the server reports no usage: ~4 characters a token, one per CJK character."""
+    cjk = sum(1 for ch in text if "\u3000" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af")
+    return cjk + math.ceil((len(text) - cjk) / 4)
+
+
+class OpenAICompatEngine:
+    def __init__(self, settings: LlmSettings) -> None:
+        self.settings = settings
+        self.model = settings.llm_model
+        self._client: openai.OpenAI | None = None
+        self._pid = 0
+
+    @property
+    def client(self) -> openai.OpenAI:
+        # One client per process: a forked job process must not share the parent's pooled sockets.
+        if self._client is None or self._pid != os.getpid():
+            s = self.settings
+            self._client = openai.OpenAI(
+                base_url=s.llm_base_url,
+                api_key=s.llm_api_key.get_secret_value(),
+                max_retries=0,
+                timeout=openai.Timeout(s.llm_timeout_s, connect=s.llm_connect_timeout_s),
+            )
+            self._pid = os.getpid()
+        return self._client
+
+    def check(self) -> float:
+        """Seconds to list the server's models once (no retries); raises if the server is unreachable."""
+        start = time.perf_counter()
+        self.client.models.list()
+        return time.perf_counter() - start
+
+    def stream(self, messages: Sequence[Message]) -> OpenAIChatStream:
+        start = time.monotonic()
+        attempts = 0
+
+        def open_until_first_delta() -> tuple[openai.Stream[ChatCompletionChunk], list[ChatCompletionChunk]]:
+            nonlocal attempts
+            attempts += 1
+            raw = self.client.chat.completions.create(
+                model=self.model,
+                messages=cast("list[ChatCompletionMessageParam]", list(messages)),
+                stream=True,
+                stream_options={"include_usage": True},
+                temperature=self.settings.llm_temperature,
+                max_tokens=self.settings.llm_max_tokens,
+            )
+            head: list[ChatCompletionChunk] = []
+            try:
+                for chunk in raw:
+                    head.append(chunk)
+                    if _delta(chunk):
+                        break
+            except BaseException:
+                raw.close()
+                raise
+            return raw, head
+
+        raw, head = retry.call(open_until_first_delta, service=SERVICE, settings=self.settings, classify=classify)
+        ttft = time.monotonic() - start if any(_delta(c) for c in head) else None
+        prompt_estimate = sum(4 + estimate_tokens(m["content"]) for m in messages)
+        return OpenAIChatStream(raw, head, self.model, ttft, attempts - 1, prompt_estimate)
+
+
+class OpenAIChatStream:
+    """Text deltas of one reply; `result` sums them up once iteration ends or `close()` is called."""
+
+    def __init__(
+        self,
+        raw: openai.Stream[ChatCompletionChunk],
+        head: list[ChatCompletionChunk],
+        model: str,
+        ttft_s: float | None,
+        retries: int,
+        prompt_estimate: int,
+    ) -> None:
+        self._raw = raw
+        self._head = head
+        self._parts: list[str] = []
+        self._usage: Any = None
+        self._finish: str | None = None
+        self._complete = False
+        self._model = model
+        self._ttft_s = ttft_s
+        self._retries = retries
+        self._prompt_estimate = prompt_estimate
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self._absorb_all(self._head)
+            self._head = []
+            yield from self._absorb_all(self._raw)
+            self._complete = True
+            if self._finish is None:
+                log.warning("reply stream ended without a finish reason: the server may have cut it short",
+                            extra={"deltas": len(self._parts)})
+        except Exception as exc:
+            verdict = classify(exc)
+            if verdict is None:
+                raise
+            raise UpstreamError(
+                "upstream_unavailable" if isinstance(verdict, Retryable) else verdict.reason,
+                f"{SERVICE}: reply stream broke after {len(self._parts)} deltas, not retried: {verdict}",
+            ) from exc
+        finally:
+            self.close()
+
+    def _absorb_all(self, chunks: Any) -> Iterator[str]:
+        for chunk in chunks:
+            if chunk.model:
+                self._model = chunk.model
+            if chunk.usage is not None:
+                self._usage = chunk.usage
+            for choice in chunk.choices:
+                if choice.finish_reason:
+                    self._finish = choice.finish_reason
+            text = _delta(chunk)
+            if text:
+                self._parts.append(text)
+                yield text
+
+    def close(self) -> None:
+        self._raw.close()
+
+    @property
+    def result(self) -> ChatResult:
+        text = "".join(self._parts)
+        if self._usage is not None:
+            prompt, completion, estimated = self._usage.prompt_tokens, self._usage.completion_tokens, False
+        else:
+            # Servers without stream usage (llama-cpp-python) send about one token per delta.
+            prompt, completion, estimated = self._prompt_estimate, len(self._parts), True
+        return ChatResult(
+            text=text,
+            model=self._model,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            usage_estimated=estimated,
+            ttft_s=self._ttft_s,
+            finish_reason=self._finish or (None if self._complete else "cancelled"),
+            retries=self._retries,
+        )
+
+
+def _delta(chunk: ChatCompletionChunk) -> str:
+    return "".join(c.delta.content or "" for c in chunk.choices if c.delta is not None)
