@@ -1,7 +1,8 @@
 """Per-job cost of the worker classes, with a real model loaded in the worker process.
 
-Baseline: rq's SimpleWorker (no fork). Compared: our StageWorker (fork per job after
-loading the model and gc.freeze()). Each enqueues N no-op jobs and drains them in burst
+Baseline: rq's SimpleWorker (no fork, no heartbeats while a job runs). Compared: our
+InProcessWorker (no fork, heartbeat thread) and ForkingWorker (fork per job after loading
+the model and gc.freeze()). Each enqueues N no-op jobs and drains them in burst
 mode against a real redis-server. Usage: `python bench/worker_overhead.py [--jobs 200]`.
 """
 
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from shared import models, redis_server  # noqa: E402
-from shared.worker import StageWorker  # noqa: E402
+from shared.worker import ForkingWorker, InProcessWorker  # noqa: E402
 from tests.stack import free_port  # noqa: E402
 
 
@@ -54,10 +55,12 @@ def main() -> None:
         gc.collect()
         gc.freeze()
         conn = redis.Redis(port=port)
-        results: dict[str, list[float]] = {"SimpleWorker (baseline)": [], "StageWorker (fork)": []}
+        classes = {"SimpleWorker (baseline)": SimpleWorker, "InProcessWorker": InProcessWorker,
+                   "ForkingWorker": ForkingWorker}
+        results: dict[str, list[float]] = {name: [] for name in classes}
         for _ in range(args.rounds):
-            results["SimpleWorker (baseline)"].append(per_job_ms(conn, SimpleWorker, args.jobs))
-            results["StageWorker (fork)"].append(per_job_ms(conn, StageWorker, args.jobs))
+            for name, cls in classes.items():
+                results[name].append(per_job_ms(conn, cls, args.jobs))
         base = statistics.median(results["SimpleWorker (baseline)"])
         print(f"{'worker':26s} {'median ms/job':>14s} {'vs baseline':>12s}")
         for name, values in results.items():

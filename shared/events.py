@@ -14,6 +14,9 @@ import redis
 
 TERMINAL = frozenset({"job.done", "job.failed", "job.cancelled"})
 MAXLEN = 5000
+# Blocking reads are cut into short waits: redis-py's default socket timeout (5 s) would
+# otherwise turn a long XREAD BLOCK into a TimeoutError.
+MAX_BLOCK_MS = 2000
 
 
 def stream_key(job_id: str) -> str:
@@ -42,6 +45,8 @@ def parse(reply: Any) -> list[Event]:
 
 def read(conn: redis.Redis, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[Event]:
     """Events strictly after `after`; blocks up to `block_ms` when there are none yet."""
+    if block_ms is not None:
+        block_ms = min(block_ms, MAX_BLOCK_MS)
     return parse(conn.xread({stream_key(job_id): after}, count=200, block=block_ms))
 
 
@@ -50,7 +55,7 @@ def wait_terminal(conn: redis.Redis, job_id: str, timeout_s: float) -> Event | N
     deadline = time.monotonic() + timeout_s
     after = "0-0"
     while (left := deadline - time.monotonic()) > 0:
-        for event in read(conn, job_id, after, block_ms=max(1, int(min(left, 5.0) * 1000))):
+        for event in read(conn, job_id, after, block_ms=max(1, int(left * 1000))):
             after = event[0]
             if event[1] in TERMINAL:
                 return event

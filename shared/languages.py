@@ -12,11 +12,23 @@ WHISPER_LANGUAGES = frozenset(
 )
 
 
-def check(code: str | None) -> str | None:
-    """Normalised code, or ValueError naming the unknown language. `zh-CN` style tags reduce to `zh`."""
-    if code is None or not code.strip():
+_ALIASES = {"cmn": "zh", "zho": "zh", "chi": "zh", "eng": "en", "iw": "he"}
+_AUTO = {"", "auto", "detect", "none"}
+
+
+def normalize(code: str | None) -> str | None:
+    """`zh-CN` → `zh`, `EN_us` → `en`, `cmn` → `zh`; empty or `auto` → None (detect)."""
+    if code is None:
         return None
     base = code.strip().lower().replace("_", "-").split("-")[0]
-    if base not in WHISPER_LANGUAGES:
+    if base in _AUTO:
+        return None
+    return _ALIASES.get(base, base)
+
+
+def check(code: str | None) -> str | None:
+    """Normalised code (None: detect), or ValueError naming the unknown language."""
+    base = normalize(code)
+    if base is not None and base not in WHISPER_LANGUAGES:
         raise ValueError(f"unknown language {code!r}: use an ISO 639-1 code such as en or zh")
     return base

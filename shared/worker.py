@@ -1,23 +1,32 @@
-"""The worker process every stage service runs.
+"""The worker process every stage service runs, in one of two deliberate modes.
 
-Choice (see BRIEF.md and docs/benchmarks.md): a forking rq `Worker` whose
-parent loads the model once before forking, then `gc.freeze()`s so the
-forked job processes share the model's pages copy-on-write. Forking costs a
-few ms per job, but keeps heartbeats (a killed worker's job is found within
-seconds) and confines a crash on bad input to one job process.
+* Forking (`ForkingWorker`, used by llm and tts): the parent loads its models
+  once, `gc.freeze()`s, and forks a job process per job that shares the model
+  pages copy-on-write. ~19 ms per job (bench/worker_overhead.py), and a crash or
+  hard timeout on one input kills only that job process.
+* In-process (`InProcessWorker`, used by asr): CTranslate2 and torch are not
+  fork-safe (a model loaded in the parent hangs in the child; their bundled
+  libgomp hangs after fork), so a forking ASR worker would reload the model in
+  every job (+0.2-0.35 s). Jobs run in the worker itself (~3 ms per job) and a
+  thread keeps rq's heartbeats going while a job runs, which rq's SimpleWorker
+  does not, so a killed worker's job is still noticed quickly.
+
+The plain `rq worker` command is not used: it would import and load the model per job.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import REGISTRY, start_http_server
-from rq import Queue, Worker
+from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
+from rq.worker import BaseWorker, WorkerStatus
 
 from shared import logs, metrics, queues
 from shared.config import CommonSettings
@@ -26,8 +35,8 @@ from shared.connection import connect
 log = logging.getLogger(__name__)
 
 
-class StageWorker(Worker):
-    """Drains `<stage>:live` before `<stage>:batch` and carries metrics out of job processes."""
+class ForkingWorker(Worker):
+    """Forks per job; carries the job process's metric updates back to the parent that serves /metrics."""
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
@@ -43,8 +52,42 @@ class StageWorker(Worker):
             metrics.flush(self.connection, self.name)
 
 
-def serve(stage: str, settings: CommonSettings, metrics_port: int, preload: Callable[[], dict[str, float]]) -> None:
-    """Load models, expose /metrics, then work `<stage>:live` and `<stage>:batch` until stopped.
+class InProcessWorker(SimpleWorker):
+    """Runs jobs in the worker process, heartbeating from a thread as the forking worker's parent would."""
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        done = threading.Event()
+        beat = threading.Thread(target=self._heartbeat_until, args=(job, execution, done), daemon=True)
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            done.set()
+            beat.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _heartbeat_until(self, job: Job, execution: Any, done: threading.Event) -> None:
+        while not done.wait(self.job_monitoring_interval):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except Exception:  # a missed beat must not kill the job; the next one may get through
+                log.warning("heartbeat failed", exc_info=True)
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        # SimpleWorker's TTL is the whole job timeout + 60 s; with beats every interval, use the short one.
+        return BaseWorker.get_heartbeat_ttl(self, job, working_time)
+
+
+def serve(
+    stage: str,
+    settings: CommonSettings,
+    metrics_port: int,
+    preload: Callable[[], dict[str, float]],
+    *,
+    fork: bool = True,
+) -> None:
+    """Load models, expose /metrics, then work `<stage>:live` before `<stage>:batch` until stopped.
 
     `preload` loads the engines and returns {model name: load seconds}.
     """
@@ -53,16 +96,19 @@ def serve(stage: str, settings: CommonSettings, metrics_port: int, preload: Call
     for model, seconds in preload().items():
         metrics.set_gauge(metrics.MODEL_LOAD, seconds, stage=stage, model=model)
         log.info("model loaded", extra={"stage": stage, "model": model, "seconds": round(seconds, 3)})
-    gc.collect()
-    gc.freeze()
+    if fork:
+        gc.collect()
+        gc.freeze()  # keep the refcount/GC passes of job processes off the parent's (model) pages
     REGISTRY.register(metrics.QueueDepthCollector(conn, queues.names_for(stage)))
     start_http_server(metrics_port)
-    worker = StageWorker(
+    worker_class = ForkingWorker if fork else InProcessWorker
+    worker = worker_class(
         queues.names_for(stage),
         connection=conn,
         job_monitoring_interval=settings.worker_job_monitoring_interval_s,
         maintenance_interval=settings.worker_maintenance_interval_s,
     )
+    log.info("worker ready", extra={"stage": stage, "mode": "fork" if fork else "in-process"})
     worker.work(with_scheduler=True, logging_level=settings.log_level.upper())
 
 

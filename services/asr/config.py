@@ -1,0 +1,54 @@
+"""Settings of the ASR worker (env vars `VQ_ASR_*`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from shared.config import CommonSettings
+
+
+class AsrSettings(CommonSettings):
+    asr_engine: Literal["faster-whisper", "openai-whisper"] = Field(
+        "faster-whisper",
+        description='"faster-whisper" (CTranslate2, default) or "openai-whisper" (PyTorch, running the same '
+        "weights converted from the CTranslate2 model; slower, mainly a cross-check).",
+    )
+    asr_model: str = Field(
+        "tiny.en",
+        description='Whisper model for English and for jobs with no language: "tiny.en", "base", or a '
+        "CTranslate2 model directory.",
+    )
+    asr_multilingual_model: str = Field(
+        "base",
+        description="Model used when a job asks for a language other than English and asr_model is "
+        "English-only (tiny.en is).",
+    )
+    asr_compute_type: str = Field(
+        "int8",
+        description='CTranslate2 compute type for faster-whisper: "int8" (fastest on CPU), "float32", '
+        '"int8_float32", … (openai-whisper always computes in float32).',
+    )
+    asr_beam_size: int = Field(5, ge=1, description="Beam width; 1 means greedy decoding.")
+    asr_language: str | None = Field(
+        None,
+        description="Language assumed when a job gives none (ISO code such as en or zh). Unset: English "
+        "with an English-only model, otherwise detected from the first 30 s.",
+    )
+    asr_vad: bool = Field(
+        True, description="Skip non-speech with the Silero VAD bundled in faster-whisper (works offline)."
+    )
+    asr_cpu_threads: int = Field(2, ge=1, description="Threads one transcription may use.")
+    asr_low_conf_logprob: float = Field(
+        -1.0, description="A segment whose average token log-probability is below this is flagged for review."
+    )
+    asr_low_conf_no_speech: float = Field(
+        0.6, description="A segment whose no-speech probability is above this is flagged for review."
+    )
+    asr_language_prompts: dict[str, str] = Field(
+        default_factory=lambda: {"zh": "以下是普通话的句子，使用简体中文。"},
+        description="Initial prompt per language when the job gives none (JSON in VQ_ASR_LANGUAGE_PROMPTS). "
+        "Whisper writes Mandarin in traditional characters unless a simplified-Chinese prompt steers it.",
+    )
+    asr_metrics_port: int = Field(9101, description="Port of the ASR worker's /metrics endpoint.")

@@ -1,0 +1,85 @@
+"""What every ASR engine offers: transcribe 16 kHz mono float32 audio into timed segments."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    low_confidence: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Transcript:
+    text: str
+    language: str
+    language_probability: float
+    duration_s: float
+    segments: list[Segment] = field(default_factory=list)
+
+
+OnSegment = Callable[[Segment], None]
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """When a segment needs a human to check it.
+
+    Whisper itself treats a window as silence when its no-speech probability is
+    high *and* its log-probability is low; for review, either sign alone is doubt enough.
+    """
+
+    min_logprob: float = -1.0
+    max_no_speech: float = 0.6
+
+    def is_low(self, avg_logprob: float, no_speech_prob: float) -> bool:
+        return avg_logprob < self.min_logprob or no_speech_prob > self.max_no_speech
+
+
+class AsrEngine(Protocol):
+    name: str
+    model: str
+
+    @property
+    def multilingual(self) -> bool: ...
+
+    @property
+    def languages(self) -> frozenset[str]:
+        """ISO codes the model can be asked for."""
+        ...
+
+    def load(self, threads: int | None = None) -> float:
+        """Load the model into this process; returns the seconds it took. `threads` (default: the
+        configured number) is 1 in a parent that will fork; job processes then use their own threads."""
+        ...
+
+    def detect_language(self, audio: np.ndarray, *, vad: bool) -> tuple[str, float] | None:
+        """(language, probability) from the first 30 s of speech; None when there is no speech."""
+        ...
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        language: str | None,
+        beam_size: int,
+        vad: bool,
+        hotwords: str | None = None,
+        initial_prompt: str | None = None,
+        on_segment: OnSegment | None = None,
+    ) -> Transcript:
+        """`audio`: float32 numpy array, 16 kHz mono. `on_segment` sees each segment as soon as it is decoded."""
+        ...

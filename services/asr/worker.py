@@ -1,0 +1,24 @@
+"""The ASR worker: whisper models load once, and jobs run in the worker process.
+
+In-process, not forking: CTranslate2 and torch models do not survive fork (see
+shared/worker.py), so a forking worker would reload the model in every job.
+"""
+
+from __future__ import annotations
+
+from services.asr import tasks
+from services.asr.config import AsrSettings
+from shared.worker import serve
+
+
+def main() -> None:
+    settings = AsrSettings()
+
+    def preload() -> dict[str, float]:
+        return tasks.preload(settings, forking=False)
+
+    serve("asr", settings, settings.asr_metrics_port, preload, fork=False)
+
+
+if __name__ == "__main__":
+    main()
