@@ -59,3 +59,13 @@ def test_unknown_job_is_404_everywhere(client: httpx.Client) -> None:
         r = client.request(method, path)
         assert r.status_code == 404, (method, path)
         assert "nope" in r.json()["error"]["message"]
+
+
+def test_audio_wait_outlasts_redis_socket_timeout(client: httpx.Client, redis_url: str) -> None:
+    """A job nobody works on: waiting 6 s (longer than redis-py's 5 s socket timeout) ends in a clean 409."""
+    from shared import jobs
+
+    conn = redis.Redis.from_url(redis_url)
+    job_id = jobs.create(conn, kind="speech", priority="live", inputs={"text": "hi"}, options={}, ttl_s=60)
+    r = client.get(f"/v1/jobs/{job_id}/audio", params={"wait": 6})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_ready"
