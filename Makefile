@@ -50,6 +50,7 @@ test: lint models
 
 bench: models
 	$(PY) bench/pipeline.py
+	$(PY) bench/worker_overhead.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -17,12 +17,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from services.llm import prompts  # noqa: E402
 from shared import models, redis_server  # noqa: E402
 from shared.config import CommonSettings  # noqa: E402
 from tests.stack import Stack, free_port  # noqa: E402
@@ -38,7 +40,7 @@ def pct(values: list[float], q: float) -> float:
 class RawEngines:
     """The engines exactly as a script would call them, with the pipeline's settings."""
 
-    def __init__(self, llm_base_url: str, system_prompt: str, max_tokens: int) -> None:
+    def __init__(self, llm_base_url: str, api_key: str, max_tokens: int) -> None:
         import openai
         from faster_whisper import WhisperModel
         from piper import PiperVoice
@@ -46,8 +48,7 @@ class RawEngines:
         self.whisper = WhisperModel(str(models.whisper_tiny_en()), device="cpu", compute_type="int8", cpu_threads=2)
         onnx, config = models.piper_voice()
         self.piper = PiperVoice.load(str(onnx), config_path=str(config))
-        self.llm = openai.OpenAI(base_url=llm_base_url, api_key="sk-local", max_retries=0)
-        self.system_prompt = system_prompt
+        self.llm = openai.OpenAI(base_url=llm_base_url, api_key=api_key, max_retries=0)
         self.max_tokens = max_tokens
 
     def asr(self, path: Path) -> tuple[str, float]:
@@ -56,11 +57,10 @@ class RawEngines:
         text = " ".join(s.text.strip() for s in segments)
         return text, time.perf_counter() - start
 
-    def chat(self, text: str, model: str) -> tuple[str, float]:
+    def chat(self, messages: list[Any], model: str) -> tuple[str, float]:
         start = time.perf_counter()
         stream = self.llm.chat.completions.create(
-            model=model, stream=True, temperature=0.0, max_tokens=self.max_tokens,
-            messages=[{"role": "system", "content": self.system_prompt}, {"role": "user", "content": text}],
+            model=model, stream=True, temperature=0.0, max_tokens=self.max_tokens, messages=messages,
         )
         reply = "".join((c.choices[0].delta.content or "") for c in stream if c.choices)
         return reply, time.perf_counter() - start
@@ -93,13 +93,14 @@ def main() -> None:
     stack = Stack(f"redis://127.0.0.1:{port}/0", tmp / "logs")
     try:
         stack.start(extra_env={"VQ_LLM_TEMPERATURE": "0"})
-        raw = RawEngines(stack.llm_base_url, llm.llm_system_prompt, llm.llm_max_tokens)
+        raw = RawEngines(stack.llm_base_url, llm.llm_api_key.get_secret_value(), llm.llm_max_tokens)
         rows = []
         with httpx.Client(base_url=stack.base_url, timeout=600) as client:
-            raw.chat("Hello", llm.llm_model)  # warm the llama.cpp prompt cache equally for both paths
+            # Warm llama.cpp's prompt cache with the system prompt, as a running service would have it.
+            raw.chat(prompts.build("Hello", system=llm.llm_system_prompt, language="en"), llm.llm_model)
             for _ in range(args.rounds):
                 for path in clips(args.limit):
-                    rows.append(measure(client, raw, path, llm.llm_model))
+                    rows.append(measure(client, raw, path, llm))
                     print(f"{path.name:45s} e2e {rows[-1]['e2e']:.2f}s raw {rows[-1]['raw_sum']:.2f}s "
                           f"ratio {rows[-1]['e2e'] / rows[-1]['raw_sum']:.3f}", flush=True)
         report(rows)
@@ -108,7 +109,7 @@ def main() -> None:
         redis_proc.terminate()
 
 
-def measure(client: httpx.Client, raw: RawEngines, path: Path, model: str) -> dict[str, float]:
+def measure(client: httpx.Client, raw: RawEngines, path: Path, llm: Any) -> dict[str, float]:
     _text, raw_asr = raw.asr(path)
     start = time.perf_counter()
     with path.open("rb") as f:
@@ -118,8 +119,9 @@ def measure(client: httpx.Client, raw: RawEngines, path: Path, model: str) -> di
     e2e = time.perf_counter() - start
     audio.raise_for_status()
     job = client.get(r.json()["status_url"]).json()
-    transcript = job["results"]["asr"]["text"]
-    _reply, raw_llm = raw.chat(transcript, model)
+    asr = job["results"]["asr"]
+    messages = prompts.build(asr["text"], system=llm.llm_system_prompt, language=asr["language"])
+    _reply, raw_llm = raw.chat(messages, llm.llm_model)
     raw_tts = raw.tts(job["results"]["llm"]["text"])
     row = {"e2e": e2e, "raw_asr": raw_asr, "raw_llm": raw_llm, "raw_tts": raw_tts,
            "raw_sum": raw_asr + raw_llm + raw_tts}

@@ -28,7 +28,7 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None =
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before {url} answered")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before {url} answered")
         try:
             if httpx.get(url, timeout=2).status_code < 500:
                 return

@@ -52,3 +52,20 @@ def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = No
 def post_turn(client: httpx.Client, path: str, name: str | None = None, **form: str) -> httpx.Response:
     with open(path, "rb") as f:
         return client.post("/v1/turns", files={"file": (name or path.rsplit("/", 1)[-1], f)}, data=form)
+
+
+def encode(pcm: np.ndarray, rate: int, codec: str, container: str) -> bytes:
+    """float32 mono PCM → an encoded file (to feed the gateway every common container)."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        resampler = av.AudioResampler(format=stream.codec_context.format, layout="mono", rate=rate)
+        frame = av.AudioFrame.from_ndarray((pcm * 32767).astype(np.int16).reshape(1, -1), format="s16",
+                                           layout="mono")
+        frame.sample_rate = rate
+        for converted in [*resampler.resample(frame), *resampler.resample(None)]:
+            out.mux(stream.encode(converted))
+        out.mux(stream.encode(None))
+    return buf.getvalue()

@@ -6,7 +6,9 @@ import httpx
 import openai
 import pytest
 
+from shared import audio
 from shared.textnorm import cer, wer
+from tests.gateway.helpers import encode
 from tests.stack import Stack
 
 
@@ -62,3 +64,17 @@ def test_stereo(client: httpx.Client, speech) -> None:
     assert r.status_code == 200, r.text
     text = r.json()["text"].lower()
     assert "wizard" in text or "horizon" in text, text
+
+
+@pytest.mark.parametrize("codec,container,name", [
+    ("aac", "ipod", "jfk.m4a"), ("libmp3lame", "mp3", "jfk.mp3"), ("libopus", "ogg", "jfk.ogg"),
+    ("pcm_s16le", "wav", "jfk-8k.wav"),
+])
+def test_containers(client: httpx.Client, speech, references, codec: str, container: str, name: str) -> None:
+    rate = 8000 if name.endswith("8k.wav") else 48000 if codec == "libopus" else 44100
+    pcm = audio.decode((speech / "en_short/jfk.flac").read_bytes(), sample_rate=rate)
+    data = encode(pcm, rate, codec, container)
+    r = client.post("/v1/audio/transcriptions", files={"file": (name, data)}, data={"response_format": "verbose_json"})
+    assert r.status_code == 200, r.text
+    assert abs(r.json()["duration"] - 11.0) < 0.2
+    assert wer(references["en_short/jfk.flac"]["transcript"], r.json()["text"]) <= 0.10, r.json()["text"]
