@@ -35,6 +35,11 @@ def all_names() -> list[str]:
     return [q for s in STAGES for q in names_for(s)]
 
 
+def rq_job_id(job_id: str, stage: str) -> str:
+    """The rq job carrying one stage of one of our jobs (rq ids allow only [A-Za-z0-9_-])."""
+    return f"{job_id}_{stage}"
+
+
 def timeout_s(settings: CommonSettings, audio_s: float) -> int:
     return int(settings.job_timeout_base_s + settings.job_timeout_per_audio_s * audio_s)
 
@@ -54,7 +59,7 @@ def enqueue(
     Queue(name(stage, priority), connection=conn).enqueue(
         TASKS[stage],
         job_id,
-        job_id=f"{job_id}_{stage}",
+        job_id=rq_job_id(job_id, stage),
         job_timeout=timeout_s(settings, audio_s),
         result_ttl=0,
         failure_ttl=settings.job_ttl_s,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import socket
@@ -48,15 +49,23 @@ def references() -> dict[str, dict[str, str]]:
     return manifest()
 
 
+@contextlib.contextmanager
+def running_redis(data_dir: Path) -> Iterator[str]:
+    """A real redis-server (AOF on, as in production) on a free port; yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(redis_server.command(port, data_dir), stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port, 10, proc)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    data_dir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(redis_server.command(port, data_dir), stdout=subprocess.DEVNULL)
-    wait_port(port, 10, proc)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    with running_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 @pytest.fixture

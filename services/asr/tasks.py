@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-
+from services.asr import channels
 from services.asr.config import AsrSettings
 from services.asr.engines.base import AsrEngine, Confidence, Segment, Transcript
-from shared import audio, languages, metrics, models
+from shared import languages, metrics, models
 from shared.stage import StageContext, StageError, job_connection
 from shared.stage import run as run_stage
 
 log = logging.getLogger(__name__)
+
 
 SETTINGS: AsrSettings | None = None
 ENGINES: dict[tuple[Any, ...], AsrEngine] = {}
@@ -84,18 +86,6 @@ def choose(settings: AsrSettings, language: str | None) -> tuple[AsrEngine, str 
     return primary, language
 
 
-def decode(data: bytes) -> np.ndarray:
-    """16 kHz mono float32. Stereo is down-mixed; `audio.decode(split_stereo=True)` is the seam for
-    transcribing each channel (agent, customer) on its own."""
-    try:
-        samples = audio.decode(data)
-    except audio.AudioError as exc:
-        raise StageError(exc.code, exc.message) from exc
-    if samples.shape[0] == 0:
-        raise StageError("corrupt", "the file contains no decodable audio samples")
-    return samples
-
-
 def work(ctx: StageContext) -> dict[str, Any]:
     settings = ctx.settings if isinstance(ctx.settings, AsrSettings) else (SETTINGS or AsrSettings())
     job = ctx.job
@@ -103,40 +93,58 @@ def work(ctx: StageContext) -> dict[str, Any]:
     blob = ctx.blobs.get(blob_id) if blob_id else None
     if blob is None:
         raise StageError("audio_missing", "the job's audio is gone (it expired or was deleted)")
-    samples = decode(blob[0])
+    data = blob[0]
     options = job["options"]
+    n_channels = int(job["inputs"].get("channels") or channels.channel_count(data))
     started = time.perf_counter()
+    heard = channels.tracks(data, n_channels, settings, options)
     requested = languages.normalize(options.get("language")) or languages.normalize(settings.asr_language)
     asr, language = choose(settings, requested)
-    prompt = options.get("initial_prompt")
+    sent = itertools.count()  # partials are numbered in the order they are decoded: channel 0's, then 1's
+    try:
+        passes = [(track, transcribe(ctx, settings, asr, track, language, sent)) for track in heard]
+    except Cancelled:
+        return {"cancelled": True}
+    # One clock over decoding, comparing the channels and every pass: a two-channel call costs two
+    # transcriptions, and its RTF says so.
+    elapsed = time.perf_counter() - started
+    duration = max(transcript.duration_s for _, transcript in passes)
+    if duration:
+        metrics.observe(metrics.RTF, elapsed / duration, stage="asr")
+    metrics.inc(metrics.AUDIO_SECONDS, duration, stage="asr")  # seconds of recording, not of passes
+    return result(passes, asr, elapsed)
+
+
+def transcribe(ctx: StageContext, settings: AsrSettings, asr: AsrEngine, track: channels.Track, language: str | None,
+               sent: Iterator[int]) -> Transcript:
+    """One pass over one track, sending each segment as an `asr.partial` event as it is decoded.
+
+    With no language given, each channel detects its own: the two sides of a call are different people
+    and need not share a language (an interpreter, a customer answering in their own), and a channel's
+    detection costs one encoder pass over its first 30 s of speech, little next to its transcription.
+    Detecting once on the louder channel could also pick a channel carrying mostly hold music.
+    """
+    if ctx.cancelled():
+        raise Cancelled
+    prompt = ctx.job["options"].get("initial_prompt")
     detected = None
     if language is None and not prompt and settings.asr_language_prompts:
         # The prompt depends on the language, so find it first (one more encoder pass over 30 s).
-        detected = asr.detect_language(samples, vad=settings.asr_vad)
+        detected = asr.detect_language(track.samples, vad=settings.asr_vad)
         language = detected[0] if detected else None
     prompt = prompt or settings.asr_language_prompts.get(language or "")
-
-    partials: list[Segment] = []
 
     def on_segment(segment: Segment) -> None:
         if ctx.cancelled():  # the caller barged in or deleted the job: stop decoding
             raise Cancelled
-        ctx.emit("asr.partial", {"index": len(partials), **_segment_dict(segment)})
-        partials.append(segment)
+        ctx.emit("asr.partial", {"index": next(sent), **_segment_dict(segment, track)})
 
-    try:
-        transcript = asr.transcribe(samples, language=language, beam_size=settings.asr_beam_size,
-                                    vad=settings.asr_vad, hotwords=_hotwords(options), initial_prompt=prompt,
-                                    on_segment=on_segment)
-    except Cancelled:
-        return {"cancelled": True}
+    transcript = asr.transcribe(track.samples, language=language, beam_size=settings.asr_beam_size,
+                                vad=settings.asr_vad, hotwords=_hotwords(ctx.job["options"]),
+                                initial_prompt=prompt, on_segment=on_segment)
     if detected:
         transcript.language_probability = detected[1]
-    elapsed = time.perf_counter() - started
-    if transcript.duration_s:
-        metrics.observe(metrics.RTF, elapsed / transcript.duration_s, stage="asr")
-    metrics.inc(metrics.AUDIO_SECONDS, transcript.duration_s, stage="asr")
-    return result(transcript, asr, elapsed)
+    return transcript
 
 
 def _hotwords(options: dict[str, Any]) -> str | None:
@@ -147,24 +155,37 @@ def _hotwords(options: dict[str, Any]) -> str | None:
     return str(hotwords) if hotwords else None
 
 
-def result(transcript: Transcript, asr: AsrEngine, elapsed_s: float) -> dict[str, Any]:
-    segments = [_segment_dict(s) for s in transcript.segments]
-    duration = transcript.duration_s
-    return {
-        "text": transcript.text,
-        "language": transcript.language,
-        "language_probability": round(transcript.language_probability, 4),
+def result(passes: list[tuple[channels.Track, Transcript]], asr: AsrEngine, elapsed_s: float) -> dict[str, Any]:
+    """The stage's result; for a two-channel call, both channels' segments merged in time order."""
+    segments = [_segment_dict(s, track) for track, transcript in passes for s in transcript.segments]
+    if len(passes) == 1:
+        text = passes[0][1].text
+    else:
+        segments.sort(key=lambda s: s["start"])  # stable: on a tie the left channel comes first
+        text = " ".join(s["text"] for s in segments if s["text"])
+    # The language of the channel that spoke most stands for the call.
+    main = max(passes, key=lambda p: sum(s.end - s.start for s in p[1].segments))[1]
+    duration = max(transcript.duration_s for _, transcript in passes)
+    out = {
+        "text": text,
+        "language": main.language,
+        "language_probability": round(main.language_probability, 4),
         "duration_s": round(duration, 3),
         "segments": segments,
         # No words at all (silence, noise) is as doubtful as a shaky segment: a human should listen.
-        "low_confidence": not transcript.text or any(s.low_confidence for s in transcript.segments),
+        "low_confidence": not text or any(s["low_confidence"] for s in segments),
         "engine": asr.name,
         "model": asr.model,
         "rtf": round(elapsed_s / duration, 4) if duration else 0.0,
+        "channels": len(passes),
     }
+    if len(passes) > 1:
+        out["speakers"] = [track.speaker for track, _ in passes]
+        out["channel_languages"] = [transcript.language for _, transcript in passes]
+    return out
 
 
-def _segment_dict(segment: Segment) -> dict[str, Any]:
+def _segment_dict(segment: Segment, track: channels.Track) -> dict[str, Any]:
     return {
         "start": round(segment.start, 3),
         "end": round(segment.end, 3),
@@ -172,4 +193,6 @@ def _segment_dict(segment: Segment) -> dict[str, Any]:
         "avg_logprob": round(segment.avg_logprob, 4),
         "no_speech_prob": round(segment.no_speech_prob, 4),
         "low_confidence": segment.low_confidence,
+        "speaker": track.speaker,
+        "channel": track.channel,
     }

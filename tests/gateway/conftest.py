@@ -6,17 +6,28 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 
+from tests.conftest import running_redis
 from tests.stack import Stack
 
 
 @pytest.fixture(scope="session")
-def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(redis_url, tmp_path_factory.mktemp("stack-logs"))
-    try:
-        yield s.start()
-    finally:
-        s.stop()
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Its own Redis: other tests' workers must not take the stack's jobs, nor the stack theirs."""
+    with running_redis(tmp_path_factory.mktemp("stack-redis")) as url:
+        s = Stack(url, tmp_path_factory.mktemp("stack-logs"))
+        try:
+            yield s.start()
+        finally:
+            s.stop()
+
+
+@pytest.fixture
+def stack_redis(stack: Stack) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(stack.redis_url)
+    yield conn
+    conn.close()
 
 
 @pytest.fixture

@@ -49,9 +49,9 @@ def _jobs_and_queues(conn: redis.Redis) -> tuple[int, int]:
 
 @pytest.mark.parametrize("endpoint", ["/v1/turns", "/v1/audio/transcriptions"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_refused(client: httpx.Client, speech, redis_url: str, endpoint: str, case: str) -> None:
+def test_bad_input_refused(client: httpx.Client, speech, stack_redis: redis.Redis, endpoint: str, case: str) -> None:
     make, status, words = CASES[case]
-    conn = redis.Redis.from_url(redis_url)
+    conn = stack_redis
     before = _jobs_and_queues(conn)
     r = client.post(endpoint, **make(speech))
     if status < 10:  # a class of status: any 4xx

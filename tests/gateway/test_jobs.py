@@ -35,12 +35,12 @@ def test_events_hold_stages_in_order_and_replay(client: httpx.Client, speech) ->
     assert [e["id"] for e in replay] == [e["id"] for e in evs[cut + 1:]]
 
 
-def test_get_and_delete(client: httpx.Client, speech, redis_url: str) -> None:
+def test_get_and_delete(client: httpx.Client, speech, stack_redis: redis.Redis) -> None:
     r = post_turn(client, str(speech / "en_short/sr_english.wav"))
     links = r.json()
     assert client.get(links["audio_url"], params={"wait": 300}).status_code == 200
     job = client.get(links["status_url"]).json()
-    conn = redis.Redis.from_url(redis_url)
+    conn = stack_redis
     blob_keys = [f"vq:blob:{job['inputs']['blob_id']}", f"vq:blob:{job['results']['tts']['blob_id']}"]
     assert conn.exists(*blob_keys) == 2
 
@@ -61,11 +61,11 @@ def test_unknown_job_is_404_everywhere(client: httpx.Client) -> None:
         assert "nope" in r.json()["error"]["message"]
 
 
-def test_audio_wait_outlasts_redis_socket_timeout(client: httpx.Client, redis_url: str) -> None:
+def test_audio_wait_outlasts_redis_socket_timeout(client: httpx.Client, stack_redis: redis.Redis) -> None:
     """A job nobody works on: waiting 6 s (longer than redis-py's 5 s socket timeout) ends in a clean 409."""
     from shared import jobs
 
-    conn = redis.Redis.from_url(redis_url)
+    conn = stack_redis
     job_id = jobs.create(conn, kind="speech", priority="live", inputs={"text": "hi"}, options={}, ttl_s=60)
     r = client.get(f"/v1/jobs/{job_id}/audio", params={"wait": 6})
     assert r.status_code == 409 and r.json()["error"]["code"] == "not_ready"

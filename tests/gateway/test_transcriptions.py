@@ -60,10 +60,24 @@ def test_telephone(client: httpx.Client, speech, references, name: str, bound: f
 
 
 def test_stereo(client: httpx.Client, speech) -> None:
-    r = _transcribe(client, speech / "en_short/fw_stereo_diarization.wav", response_format="verbose_json")
+    """A different talker on each channel: both are transcribed, each under its channel's speaker."""
+    path = speech / "en_short/fw_stereo_diarization.wav"
+    r = _transcribe(client, path, response_format="verbose_json")
     assert r.status_code == 200, r.text
-    text = r.json()["text"].lower()
-    assert "wizard" in text or "horizon" in text, text
+    body = r.json()
+    text = body["text"].lower()
+    assert "wizard" in text and "horizon" in text, text
+    speakers = {(s["speaker"], s["channel"], w) for s in body["segments"] for w in ("wizard", "horizon")
+                if w in s["text"].lower()}
+    assert speakers == {("agent", 0, "wizard"), ("customer", 1, "horizon")}, body["segments"]
+    job = client.get(f"/v1/jobs/{r.headers['X-Job-Id']}").json()
+    result = job["results"]["asr"]
+    assert result["channels"] == 2 and result["speakers"] == ["agent", "customer"]
+    labelled = {(s["speaker"], s["channel"], w) for s in result["segments"] for w in ("wizard", "horizon")
+                if w in s["text"].lower()}
+    assert labelled == {("agent", 0, "wizard"), ("customer", 1, "horizon")}, result["segments"]
+    srt = _transcribe(client, path, response_format="srt").text
+    assert "agent: He began" in srt and "customer: The horizon" in srt, srt
 
 
 @pytest.mark.parametrize("codec,container,name", [

@@ -10,13 +10,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RqJob
 
 from services.gateway.deps import AsyncRedisDep, BlobsDep, RedisDep, SettingsDep
 from services.gateway.errors import ApiError
 from services.gateway.eventstream import follow
-from shared import events, jobs
+from shared import events, jobs, queues
 
 router = APIRouter(tags=["jobs"])
 
@@ -93,9 +93,12 @@ def delete_job(job_id: str, conn: RedisDep, blobs: BlobsDep, settings: SettingsD
     """Cancel pending stages and delete the record and its audio. Listeners get a final `job.cancelled`."""
     record = load_or_404(conn, job_id)
     jobs.put_status(conn, job_id, "cancelled")
-    for stage in record["plan"]:
-        with contextlib.suppress(NoSuchJobError):
-            RqJob.fetch(f"{job_id}_{stage}", connection=conn).delete()
+    for stage, state in record["stages"].items():
+        if state.get("status") != "queued":
+            continue  # running stages see the cancel themselves; finished ones left nothing on a queue
+        # The worker may finish and remove the rq job between fetch and delete.
+        with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
+            RqJob.fetch(queues.rq_job_id(job_id, stage), connection=conn).delete()
     blobs.delete(*jobs.blob_ids(record))
     pipe = conn.pipeline()
     events.append(pipe, job_id, "job.cancelled", {"id": job_id}, settings.job_ttl_s)

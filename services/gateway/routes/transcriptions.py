@@ -29,7 +29,7 @@ def _verbose(result: dict[str, Any]) -> dict[str, Any]:
         "segments": [
             {"id": i, "start": s["start"], "end": s["end"], "text": s["text"],
              "avg_logprob": s["avg_logprob"], "no_speech_prob": s["no_speech_prob"],
-             "low_confidence": s["low_confidence"]}
+             "low_confidence": s["low_confidence"], "speaker": s.get("speaker"), "channel": s.get("channel")}
             for i, s in enumerate(result["segments"])
         ],
         "low_confidence": result["low_confidence"],
