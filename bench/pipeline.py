@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import subprocess
 import sys
@@ -26,7 +27,6 @@ sys.path.insert(0, str(REPO))
 
 from services.llm import prompts  # noqa: E402
 from shared import models, redis_server  # noqa: E402
-from shared.config import CommonSettings  # noqa: E402
 from tests.stack import Stack, free_port  # noqa: E402
 
 SPEECH = REPO.parent / "shared" / "data" / "speech"
@@ -96,8 +96,6 @@ def main() -> None:
         raw = RawEngines(stack.llm_base_url, llm.llm_api_key.get_secret_value(), llm.llm_max_tokens)
         rows = []
         with httpx.Client(base_url=stack.base_url, timeout=600) as client:
-            # Warm llama.cpp's prompt cache with the system prompt, as a running service would have it.
-            raw.chat(prompts.build("Hello", system=llm.llm_system_prompt, language="en"), llm.llm_model)
             for _ in range(args.rounds):
                 for path in clips(args.limit):
                     rows.append(measure(client, raw, path, llm))
@@ -109,8 +107,17 @@ def main() -> None:
         redis_proc.terminate()
 
 
+def warm(raw: RawEngines, llm: Any) -> None:
+    """Leave llama.cpp's prompt cache holding just the system prompt, as between two callers.
+
+    Without this, whichever path runs second finds its whole prompt cached and looks faster.
+    """
+    raw.chat(prompts.build("Hello", system=llm.llm_system_prompt, language="en"), llm.llm_model)
+
+
 def measure(client: httpx.Client, raw: RawEngines, path: Path, llm: Any) -> dict[str, float]:
     _text, raw_asr = raw.asr(path)
+    warm(raw, llm)
     start = time.perf_counter()
     with path.open("rb") as f:
         r = client.post("/v1/turns", files={"file": (path.name, f)}, data={"language": "en"})
@@ -121,23 +128,32 @@ def measure(client: httpx.Client, raw: RawEngines, path: Path, llm: Any) -> dict
     job = client.get(r.json()["status_url"]).json()
     asr = job["results"]["asr"]
     messages = prompts.build(asr["text"], system=llm.llm_system_prompt, language=asr["language"])
-    _reply, raw_llm = raw.chat(messages, llm.llm_model)
+    warm(raw, llm)
+    reply, raw_llm = raw.chat(messages, llm.llm_model)
     raw_tts = raw.tts(job["results"]["llm"]["text"])
     row = {"e2e": e2e, "raw_asr": raw_asr, "raw_llm": raw_llm, "raw_tts": raw_tts,
-           "raw_sum": raw_asr + raw_llm + raw_tts}
+           "raw_sum": raw_asr + raw_llm + raw_tts,
+           "same_reply": float(reply.strip() == job["results"]["llm"]["text"].strip())}
     for stage in ("asr", "llm", "tts"):
         row[f"wait_{stage}"] = job["stages"][stage]["queue_wait_s"]
         row[f"run_{stage}"] = job["stages"][stage]["run_s"]
     return row
 
 
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU")
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def report(rows: list[dict[str, float]]) -> None:
-    print(f"\n{len(rows)} turns, machine: {CommonSettings().__class__.__name__} defaults, 2 cores")
+    print(f"\n{len(rows)} turns on {machine()}")
     print(f"{'figure':28s} {'median':>9s} {'p95':>9s}")
     for key in ["wait_asr", "wait_llm", "wait_tts", "run_asr", "run_llm", "run_tts",
                 "raw_asr", "raw_llm", "raw_tts", "raw_sum", "e2e"]:
         values = [r[key] for r in rows]
         print(f"{key + ' (s)':28s} {statistics.median(values):9.3f} {pct(values, 0.95):9.3f}")
+    print(f"identical replies (pipeline vs raw, temperature 0): {int(sum(r['same_reply'] for r in rows))}/{len(rows)}")
     ratios = [r["e2e"] / r["raw_sum"] for r in rows]
     print(f"{'overhead ratio e2e/raw_sum':28s} {statistics.median(ratios):9.3f} {pct(ratios, 0.95):9.3f}")
     print(f"\nbaseline: raw engines in-process, no Redis. median overhead ratio = {statistics.median(ratios):.3f} "

@@ -45,6 +45,11 @@ class CommonSettings(BaseSettings):
     retry_backoff_s: float = Field(0.5, description="First exponential backoff step.")
     retry_backoff_max_s: float = Field(8.0, description="Largest single backoff (and Retry-After honoured).")
 
+    worker_fork: bool = Field(
+        False,
+        description="Run each job in a forked process (crash isolation, ~15 ms more per job; see "
+        "docs/benchmarks.md). ASR ignores it: CTranslate2 and torch are not fork-safe.",
+    )
     worker_job_monitoring_interval_s: int = Field(
         5, description="How often a worker heartbeats a running job; bounds how late a dead worker is seen."
     )

@@ -1,15 +1,18 @@
 """The worker process every stage service runs, in one of two deliberate modes.
 
-* Forking (`ForkingWorker`, used by llm and tts): the parent loads its models
-  once, `gc.freeze()`s, and forks a job process per job that shares the model
-  pages copy-on-write. ~19 ms per job (bench/worker_overhead.py), and a crash or
-  hard timeout on one input kills only that job process.
-* In-process (`InProcessWorker`, used by asr): CTranslate2 and torch are not
-  fork-safe (a model loaded in the parent hangs in the child; their bundled
-  libgomp hangs after fork), so a forking ASR worker would reload the model in
-  every job (+0.2-0.35 s). Jobs run in the worker itself (~3 ms per job) and a
-  thread keeps rq's heartbeats going while a job runs, which rq's SimpleWorker
-  does not, so a killed worker's job is still noticed quickly.
+* In-process (`InProcessWorker`, the default): the model loads once and jobs run
+  in the worker itself, ~3 ms of rq overhead per job (bench/worker_overhead.py),
+  with the engine's thread pools warm. A thread keeps rq's heartbeats going while
+  a job runs, which rq's SimpleWorker does not, so a killed worker's job is still
+  noticed within the monitoring interval. ASR must run this way: CTranslate2 and
+  torch are not fork-safe (a model loaded in the parent hangs in the child, and
+  their bundled libgomp hangs after fork), so forking would reload the model in
+  every job (+0.2-0.35 s).
+* Forking (`ForkingWorker`, VQ_WORKER_FORK=true for llm and tts): the parent loads
+  its models, `gc.freeze()`s, and forks a job process per job sharing the model
+  pages copy-on-write. ~18 ms per job plus cold engine thread pools in the child
+  (piper ran ~0.15 s slower per reply), in exchange for crash isolation: a
+  segfault or hard timeout on one input kills only that job process.
 
 The plain `rq worker` command is not used: it would import and load the model per job.
 """
@@ -85,12 +88,14 @@ def serve(
     metrics_port: int,
     preload: Callable[[], dict[str, float]],
     *,
-    fork: bool = True,
+    fork_safe: bool = True,
 ) -> None:
     """Load models, expose /metrics, then work `<stage>:live` before `<stage>:batch` until stopped.
 
-    `preload` loads the engines and returns {model name: load seconds}.
+    `preload` loads the engines and returns {model name: load seconds}. Jobs fork only when
+    `settings.worker_fork` asks for it and the engines are `fork_safe`.
     """
+    fork = settings.worker_fork and fork_safe
     logs.setup(f"{stage}-worker", settings.log_level, settings.log_json)
     conn = connect(settings.redis_url, wait_s=30)
     for model, seconds in preload().items():

@@ -17,7 +17,7 @@ def main() -> None:
     def preload() -> dict[str, float]:
         return tasks.preload(settings, forking=False)
 
-    serve("asr", settings, settings.asr_metrics_port, preload, fork=False)
+    serve("asr", settings, settings.asr_metrics_port, preload, fork_safe=False)
 
 
 if __name__ == "__main__":

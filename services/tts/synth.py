@@ -54,7 +54,7 @@ class Engines:
 
 
 def load(settings: TtsSettings, names: tuple[str, ...] = ENGINE_NAMES) -> tuple[Engines, dict[str, float]]:
-    """Load the engines once (the worker's parent does, before forking). Returns load seconds per model."""
+    """Load the engines once, at worker start (before any fork). Returns load seconds per model."""
     engines = Engines()
     seconds: dict[str, float] = {}
     if "piper" in names:

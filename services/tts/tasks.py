@@ -20,7 +20,7 @@ MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
 
 def preload(settings: TtsSettings | None = None) -> dict[str, float]:
-    """Load piper and espeak-ng once (in the worker's parent, before forking). Returns load seconds."""
+    """Load piper and espeak-ng once, at worker start (before any fork). Returns load seconds."""
     global SETTINGS, ENGINES
     SETTINGS = settings or TtsSettings()
     ENGINES, seconds = synth.load(SETTINGS)

@@ -1,4 +1,4 @@
-"""The TTS worker: piper and espeak-ng load once in the parent; forked job processes share them."""
+"""The TTS worker: piper and espeak-ng load once; jobs run in-process (or forked, sharing them: VQ_WORKER_FORK)."""
 
 from __future__ import annotations
 
