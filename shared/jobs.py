@@ -1,9 +1,10 @@
 """The job record: one Redis hash per request, keyed by an unguessable id.
 
 Fields: `meta` (kind, plan, priority, inputs, options), `status`, `error`,
-`created_at`, and per stage `stage:<name>` (status, timings, attempts, error)
-and `result:<name>`. Each field is JSON, so one stage writes without racing
-another.
+`created_at`, per stage `stage:<name>` (status, timings, attempts, error)
+and `result:<name>`, per streamed sentence `chunk:<seq>` (its audio), and
+`cost:<item>` counters. Each field is written on its own, so one stage writes
+without racing another.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def load(conn: redis.Redis, job_id: str) -> dict[str, Any] | None:
             record["stages"][name] = json.loads(fields[f"stage:{name}"])
         if f"result:{name}" in fields:
             record["results"][name] = json.loads(fields[f"result:{name}"])
+    chunks = [json.loads(v) for k, v in fields.items() if k.startswith("chunk:")]
+    record["chunks"] = sorted(chunks, key=lambda c: int(c["seq"]))
+    record["cost"] = {k[5:]: float(v) for k, v in fields.items() if k.startswith("cost:")}
     return record
 
 
@@ -112,6 +116,17 @@ def put_status(
         pipe.hset(key(job_id), "error", json.dumps(error, ensure_ascii=False))
 
 
+def put_chunk(pipe: redis.client.Pipeline | redis.Redis, job_id: str, seq: int, chunk: dict[str, Any]) -> None:
+    """One synthesized sentence of the reply: {seq, blob_id, duration_s, sample_rate, text, …}."""
+    pipe.hset(key(job_id), f"chunk:{seq}", json.dumps({**chunk, "seq": seq}, ensure_ascii=False))
+
+
+def add_cost(pipe: redis.client.Pipeline | redis.Redis, job_id: str, **amounts: float) -> None:
+    """Per-turn cost accounting: audio_s, prompt_tokens, completion_tokens, tts_characters, cache_hits."""
+    for item, amount in amounts.items():
+        pipe.hincrbyfloat(key(job_id), f"cost:{item}", amount)
+
+
 def status(conn: redis.Redis, job_id: str) -> str | None:
     value = conn.hget(key(job_id), "status")
     return _text(value) if value else None
@@ -122,5 +137,6 @@ def blob_ids(record: dict[str, Any]) -> list[str]:
     ids = [record["inputs"].get("blob_id")]
     for result in record["results"].values():
         ids.append(result.get("blob_id"))
-        ids.extend(c.get("blob_id") for c in result.get("chunks", []))
+        ids.extend(c.get("blob_id") for c in result.get("chunks", []) if isinstance(c, dict))
+    ids.extend(c.get("blob_id") for c in record.get("chunks", []))
     return [i for i in ids if i]

@@ -34,11 +34,15 @@ LLM_TTFT = Histogram("voicequeue_llm_time_to_first_token_seconds", "LLM time to 
 RTF = Histogram("voicequeue_realtime_factor", "Processing time / audio time.", ["stage"], buckets=RTF_BUCKETS)
 AUDIO_SECONDS = Counter("voicequeue_audio_seconds", "Audio processed (ASR input, TTS output).", ["stage"])
 TTS_CHARS = Counter("voicequeue_tts_characters", "Characters synthesized.", ["engine"])
+CACHE_HITS = Counter("voicequeue_cache_hits", "Cache hits.", ["cache"])
+CACHE_MISSES = Counter("voicequeue_cache_misses", "Cache misses.", ["cache"])
+TTFA = Histogram("voicequeue_ttfa_seconds", "Time from job creation to the first reply audio ready.",
+                 ["kind", "priority"], buckets=STAGE_BUCKETS)
 
 _ALL: dict[str, Counter | Gauge | Histogram] = {
     m._name: m
     for m in (JOBS, STAGE_SECONDS, QUEUE_WAIT, RETRIES, FALLBACKS, MODEL_LOAD, LLM_TOKENS, LLM_TTFT, RTF,
-              AUDIO_SECONDS, TTS_CHARS)
+              AUDIO_SECONDS, TTS_CHARS, CACHE_HITS, CACHE_MISSES, TTFA)
 }
 
 _buffer: list[tuple[str, str, dict[str, str], float]] | None = None

@@ -20,6 +20,7 @@ TASKS = {
     "llm": "services.llm.tasks.run",
     "tts": "services.tts.tasks.run",
 }
+CHUNK_TASK = "services.tts.tasks.run_chunk"
 
 
 def name(stage: str, priority: str) -> str:
@@ -64,5 +65,29 @@ def enqueue(
         result_ttl=0,
         failure_ttl=settings.job_ttl_s,
         description=f"{stage} {job_id}",
+    )
+    return True
+
+
+def enqueue_chunk(
+    conn: redis.Redis, settings: CommonSettings, job_id: str, seq: int, text: str, priority: str
+) -> bool:
+    """Put one sentence of a streamed reply on `tts:<priority>` as soon as the LLM has finished it.
+
+    Once per (job, seq), like `enqueue`. The job's `tts` stage, enqueued after the LLM
+    finishes, waits for these chunks (or speaks any left unclaimed) and joins them.
+    """
+    if not conn.hsetnx(jobs.key(job_id), f"enq:tts:{seq}", time.time()):
+        return False
+    Queue(name("tts", priority), connection=conn).enqueue(
+        CHUNK_TASK,
+        job_id,
+        seq,
+        text,
+        job_id=rq_job_id(job_id, f"tts{seq}"),
+        job_timeout=int(settings.job_timeout_base_s),
+        result_ttl=0,
+        failure_ttl=settings.job_ttl_s,
+        description=f"tts chunk {seq} {job_id}",
     )
     return True

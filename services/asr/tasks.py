@@ -11,7 +11,7 @@ from typing import Any
 from services.asr import channels
 from services.asr.config import AsrSettings
 from services.asr.engines.base import AsrEngine, Confidence, Segment, Transcript
-from shared import languages, metrics, models
+from shared import jobs, languages, metrics, models
 from shared.stage import StageContext, StageError, job_connection
 from shared.stage import run as run_stage
 
@@ -112,6 +112,7 @@ def work(ctx: StageContext) -> dict[str, Any]:
     if duration:
         metrics.observe(metrics.RTF, elapsed / duration, stage="asr")
     metrics.inc(metrics.AUDIO_SECONDS, duration, stage="asr")  # seconds of recording, not of passes
+    jobs.add_cost(ctx.conn, ctx.job_id, audio_s=duration)
     return result(passes, asr, elapsed)
 
 
