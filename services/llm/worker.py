@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import openai
 
-from services.llm import tasks
+from services.llm import embeddings, tasks
 from services.llm.config import LlmSettings
 from services.llm.engines.openai_compat import OpenAICompatEngine
 from shared import worker
@@ -23,13 +24,16 @@ def main() -> None:
         The client is per process, so each forked job process opens its own connections.
         """
         engine = OpenAICompatEngine(settings)
-        tasks.setup(settings, engine)
+        start = time.perf_counter()
+        embedder = embeddings.load(settings.llm_faq_paraphrase)
+        loaded = {"all-minilm-l6-v2": time.perf_counter() - start} if embedder else {}
+        tasks.setup(settings, engine, embedder)
         try:
-            return {settings.llm_model: engine.check()}
+            return {**loaded, settings.llm_model: engine.check()}
         except openai.OpenAIError as exc:
             log.warning("LLM server not answering yet", extra={"base_url": settings.llm_base_url,
                                                               "error": type(exc).__name__})
-            return {}
+            return loaded
 
     worker.serve("llm", settings, settings.llm_metrics_port, preload)
 

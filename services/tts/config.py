@@ -57,4 +57,18 @@ class TtsSettings(CommonSettings):
     )
     tts_speed: float = Field(1.0, gt=0.2, lt=5.0, description="Speaking rate: 1.0 normal, 1.5 faster.")
     tts_max_chars: int = Field(5000, description="Longest text one job may synthesize.")
+    tts_cache_ttl_s: int = Field(
+        24 * 3600,
+        description="How long a synthesized sentence stays in the speech cache (keyed by engine, voice, speed "
+        "and text), so repeated sentences and cached answers are spoken without synthesis. 0 disables it.",
+    )
+    tts_cache_max_chars: int = Field(
+        600, description="Longest sentence the speech cache keeps (longer texts are rarely repeated)."
+    )
+    tts_chunk_wait_s: float = Field(
+        15.0,
+        description="How long the tts stage waits, from the claim, for a sentence another worker is speaking "
+        "before it speaks the sentence itself (that worker may have died).",
+    )
+    tts_chunk_poll_s: float = Field(0.02, description="How often the tts stage looks for a sentence it waits on.")
     tts_metrics_port: int = Field(9103, description="Port of the TTS worker's /metrics endpoint.")

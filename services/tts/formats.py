@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import wave
 from typing import cast
 
 import av
+import numpy as np
 
 from services.tts.engines.base import Speech
 from shared import audio
@@ -39,3 +41,33 @@ def encode(speech: Speech, fmt: str) -> bytes:
             out.mux(stream.encode(converted))
         out.mux(stream.encode(None))
     return buf.getvalue()
+
+
+def read_wav(data: bytes) -> Speech:
+    """A WAV this service wrote (mono int16) back into PCM, sample for sample."""
+    with wave.open(io.BytesIO(data), "rb") as w:
+        if w.getsampwidth() != 2 or w.getnchannels() != 1:
+            raise ValueError("expected a mono 16-bit WAV")
+        return Speech(np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16), w.getframerate())
+
+
+def resample(speech: Speech, rate: int) -> Speech:
+    """`speech` at `rate`, exactly round(n * rate / old rate) samples long, so durations add up."""
+    if speech.sample_rate == rate or not len(speech.pcm):
+        return speech
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(speech.pcm).reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = speech.sample_rate
+    parts = [f.to_ndarray().reshape(-1) for f in [*resampler.resample(frame), *resampler.resample(None)]]
+    pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+    n = round(len(speech.pcm) * rate / speech.sample_rate)
+    pcm = pcm[:n] if len(pcm) >= n else np.pad(pcm, (0, n - len(pcm)))
+    return Speech(pcm.astype(np.int16, copy=False), rate)
+
+
+def join(parts: list[Speech]) -> Speech:
+    """Sentences back to back, at the first one's sample rate (engines differ: piper 22.05 kHz, edge 24 kHz)."""
+    if not parts:
+        raise ValueError("nothing to join")
+    rate = parts[0].sample_rate
+    return Speech(np.concatenate([resample(p, rate).pcm for p in parts]), rate)

@@ -119,13 +119,34 @@ def choose(engines: Engines, settings: TtsSettings, language: str | None, voice:
     return local_engine(engines, language), None
 
 
+@dataclass
+class Route:
+    """The engine a text goes to first, the requested voice if it is that engine's, and the language."""
+
+    engine: TtsEngine
+    voice: str | None
+    language: str | None
+
+    @property
+    def voice_name(self) -> str:
+        return self.engine.voice_for(self.voice, self.language)
+
+
+def route(engines: Engines, settings: TtsSettings, text: str, *, language: str | None = None,
+          voice: str | None = None, engine: str | None = None) -> Route:
+    """Where `synthesize` sends the text (before any edge fallback). Raises StageError for bad choices."""
+    language = base_language(language) or (voice_language(voice) if voice and is_edge_voice(voice) else None)
+    language = language or guess_language(text)
+    chosen, chosen_voice = choose(engines, settings, language, voice, engine)
+    return Route(chosen, chosen_voice, language)
+
+
 def synthesize(engines: Engines, settings: TtsSettings, text: str, *, language: str | None = None,
                voice: str | None = None, engine: str | None = None, speed: float | None = None,
                conn: redis.Redis | None = None) -> Synthesis:
     speed = settings.tts_speed if speed is None else speed
-    language = base_language(language) or (voice_language(voice) if voice and is_edge_voice(voice) else None)
-    language = language or guess_language(text)
-    chosen, chosen_voice = choose(engines, settings, language, voice, engine)
+    routed = route(engines, settings, text, language=language, voice=voice, engine=engine)
+    chosen, chosen_voice, language = routed.engine, routed.voice, routed.language
     start = time.perf_counter()
     if chosen.name != "edge":
         speech = chosen.synthesize(text, voice=chosen_voice, language=language, speed=speed)

@@ -1,13 +1,19 @@
-"""The TTS stage: the job's text (the LLM's answer, or the input text) → a WAV (or MP3/Opus) blob."""
+"""The TTS stage: the job's text (the LLM's answer, or the input text) → a WAV (or MP3/Opus) blob.
+
+Sentences are the unit: `run_chunk` speaks each one the LLM streams as soon as
+it is written (see `chunks`), and the stage speaks whatever is left, then joins
+them all in order into the full reply.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from services.tts import formats, synth
+from services.tts import chunks, formats, options, synth
 from services.tts.config import TtsSettings
-from shared import metrics
+from services.tts.engines.base import Speech
+from shared import sentences
 from shared.stage import StageContext, StageError, job_connection
 from shared.stage import run as run_stage
 
@@ -15,8 +21,6 @@ log = logging.getLogger(__name__)
 
 SETTINGS: TtsSettings | None = None
 ENGINES: synth.Engines | None = None
-
-MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
 
 def preload(settings: TtsSettings | None = None) -> dict[str, float]:
@@ -35,7 +39,16 @@ def run(job_id: str) -> None:
     run_stage("tts", job_id, job_connection(), SETTINGS, work)
 
 
+def run_chunk(job_id: str, seq: int, text: str) -> None:
+    """rq entry point for one sentence of a streamed reply (`shared.queues.enqueue_chunk`)."""
+    if ENGINES is None:
+        preload()
+    assert SETTINGS is not None and ENGINES is not None
+    chunks.produce(job_connection(), SETTINGS, ENGINES, job_id, int(seq), text)
+
+
 def work(ctx: StageContext, engines: synth.Engines | None = None) -> dict[str, Any]:
+    """Speak the reply sentence by sentence (using those already spoken from the queue), then join them."""
     engines = engines or ENGINES
     if engines is None:
         raise RuntimeError("TTS engines not loaded: call services.tts.tasks.preload() first")
@@ -45,41 +58,72 @@ def work(ctx: StageContext, engines: synth.Engines | None = None) -> dict[str, A
     if ctx.cancelled():  # a barge-in: the answer is no longer wanted
         return {"cancelled": True}
     job = ctx.job
-    options = job["options"]
     text = job_text(job)
     if len(text) > settings.tts_max_chars:
         raise StageError("text_too_long", f"{len(text)} characters; the limit is {settings.tts_max_chars}")
-    fmt = str(options.get("format") or "wav").lower()
+    fmt = str(job["options"].get("format") or "wav").lower()
     if fmt not in formats.CONTENT_TYPES:
         raise StageError("bad_format", f"unknown format {fmt!r}: use {', '.join(formats.CONTENT_TYPES)}")
-    speed = _speed(options.get("speed"), settings)
-    language = job_language(job)
+    opts = options.from_job(job, settings)
+    # A voice, engine or language no sentence could use fails the job before any sentence is tried.
+    synth.route(engines, settings, text, language=opts.language, voice=opts.voice, engine=opts.engine)
 
-    result = synth.synthesize(engines, settings, text, language=language, voice=options.get("voice"),
-                              engine=options.get("engine"), speed=speed, conn=ctx.conn)
-    speech = result.speech
-    if speech.duration_s <= 0:
-        raise StageError("no_speech", "the text produced no audio (nothing pronounceable in it)")
+    done: list[dict[str, Any]] = []
+    for seq, sentence in chunk_plan(job):
+        chunk = chunks.await_chunk(ctx.conn, settings, engines, job, seq, sentence)
+        if chunk is None:
+            return {"cancelled": True}
+        done.append(chunk)
+    spoken = _spoken(done)
+    speech = formats.join([_chunk_speech(ctx, c) for c in spoken])
     blob_id = ctx.blobs.put(formats.encode(speech, fmt), formats.CONTENT_TYPES[fmt], settings.blob_ttl_s)
 
-    rtf = result.seconds / speech.duration_s
-    metrics.observe(metrics.RTF, rtf, stage="tts")
-    metrics.inc(metrics.AUDIO_SECONDS, speech.duration_s, stage="tts")
-    metrics.inc(metrics.TTS_CHARS, len(text), engine=result.engine)
+    duration_s = sum(float(c["duration_s"]) for c in spoken)
+    synth_s = sum(float(c.get("synth_s") or 0.0) for c in spoken)
+    first = spoken[0]
     return {
         "blob_id": blob_id,
         "content_type": formats.CONTENT_TYPES[fmt],
         "format": fmt,
-        "duration_s": round(speech.duration_s, 3),
+        "duration_s": round(duration_s, 3),
         "sample_rate": formats.output_rate(speech, fmt),
-        "engine": result.engine,
-        "voice": result.voice,
-        "language": result.language,
+        "engine": first["engine"],
+        "voice": first["voice"],
+        "language": first["language"],
         "characters": len(text),
-        "fallback": result.fallback,
-        "synth_s": round(result.seconds, 4),
-        "rtf": round(rtf, 4),
+        "fallback": next((c["fallback"] for c in spoken if c.get("fallback")), None),
+        "synth_s": round(synth_s, 4),
+        "rtf": round(synth_s / duration_s, 4),
+        "cached_chunks": sum(1 for c in spoken if c.get("cached")),
+        "chunks": done,
     }
+
+
+def chunk_plan(job: dict[str, Any]) -> list[tuple[int, str]]:
+    """(seq, sentence) in order: the LLM's streamed chunks, else the text cut the way the LLM would cut it."""
+    llm = job["results"].get("llm") or {}
+    if "llm" in job["plan"] and llm.get("chunks"):
+        return sorted((int(c["seq"]), str(c["text"])) for c in llm["chunks"])
+    return [(i, s) for i, s in enumerate(sentences.split(job_text(job))) if s.strip()]
+
+
+def _spoken(done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sentences with audio. One that failed fails the reply, except one with nothing to pronounce."""
+    for chunk in done:
+        error = chunk.get("error")
+        if error and error["reason"] != "no_speech":
+            raise StageError(error["reason"], f"sentence {chunk['seq']}: {error['message']}")
+    spoken = [c for c in done if not c.get("error")]
+    if not spoken:
+        raise StageError("no_speech", "the text produced no audio (nothing pronounceable in it)")
+    return spoken
+
+
+def _chunk_speech(ctx: StageContext, chunk: dict[str, Any]) -> Speech:
+    blob = ctx.blobs.get(chunk["blob_id"])
+    if blob is None:
+        raise StageError("chunk_lost", f"the audio of sentence {chunk['seq']} has expired")
+    return formats.read_wav(blob[0])
 
 
 def job_text(job: dict[str, Any]) -> str:
@@ -94,25 +138,3 @@ def job_text(job: dict[str, Any]) -> str:
     if not isinstance(text, str) or not text.strip():
         raise StageError("empty_text", "there is no text to speak")
     return text.strip()
-
-
-def job_language(job: dict[str, Any]) -> str | None:
-    """The language asked for, else the one the LLM answered in, else the one ASR heard (None: guess)."""
-    results = job["results"]
-    for value in (job["options"].get("language"), (results.get("llm") or {}).get("language"),
-                  (results.get("asr") or {}).get("language")):
-        if value:
-            return str(value)
-    return None
-
-
-def _speed(value: Any, settings: TtsSettings) -> float:
-    if value is None:
-        return settings.tts_speed
-    try:
-        speed = float(value)
-    except (TypeError, ValueError):
-        raise StageError("bad_speed", f"speed must be a number, not {value!r}") from None
-    if not MIN_SPEED <= speed <= MAX_SPEED:
-        raise StageError("bad_speed", f"speed must be between {MIN_SPEED} and {MAX_SPEED}")
-    return speed

@@ -106,6 +106,34 @@ def _env_example(args: argparse.Namespace) -> int:
     return 0
 
 
+def _faq_load(args: argparse.Namespace) -> int:
+    """Pre-load the answer cache with the keys the llm worker will look up (same system prompt and model)."""
+    import redis
+
+    from services.llm import embeddings
+    from services.llm.config import LlmSettings
+    from shared import answer_cache
+
+    settings = LlmSettings()
+    embedder = embeddings.load(settings.llm_faq_paraphrase)
+    languages = [None if lang.lower() in ("", "none", "any") else lang for lang in args.language or ["en", "none"]]
+    try:
+        count = answer_cache.load_faq(redis.Redis.from_url(settings.redis_url), args.file,
+                                      system_prompt=settings.llm_system_prompt, model=settings.llm_model,
+                                      languages=languages, ttl_s=args.ttl or settings.llm_faq_ttl_s,
+                                      embed=embedder.encode if embedder else None)
+    except answer_cache.FaqError as exc:
+        print(f"voicequeue faq load: {exc}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        print(f"voicequeue faq load: cannot reach Redis at {settings.redis_url}: {exc}", file=sys.stderr)
+        return 1
+    shown = ", ".join(lang or "unspecified" for lang in languages)
+    print(f"loaded {count} FAQ answers for language(s) {shown}"
+          f"{', paraphrases indexed' if embedder else ''}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="voicequeue", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -130,6 +158,15 @@ def parser() -> argparse.ArgumentParser:
     conv = msub.add_parser("convert-whisper", help="turn CTranslate2 whisper weights into an openai-whisper checkpoint")
     conv.add_argument("--model", default="tiny.en", help="tiny.en, base, or a CTranslate2 model directory")
     conv.set_defaults(fn=_convert_whisper)
+    faq = sub.add_parser("faq", help="the answer cache's frequently asked questions")
+    fsub = faq.add_subparsers(dest="faq_command", required=True)
+    load = fsub.add_parser("load", help="pre-load answers from a YAML or JSONL file of {question, answer} pairs")
+    load.add_argument("file", type=Path, help="FAQ file: .yaml/.yml (a list) or .jsonl (one object a line)")
+    load.add_argument("--language", action="append",
+                      help="caller language the answers are for; repeat for several; 'none' = requests that "
+                      "name no language (default: en and none)")
+    load.add_argument("--ttl", type=int, default=None, help="seconds to keep them (default: VQ_LLM_FAQ_TTL_S)")
+    load.set_defaults(fn=_faq_load)
     return p
 
 

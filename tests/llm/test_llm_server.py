@@ -9,7 +9,7 @@ from typing import Any
 import redis
 
 from services.llm import tasks
-from shared import events, jobs, stage
+from shared import events, jobs, sessions, stage
 from tests.llm.helpers import settings_for
 
 
@@ -73,3 +73,17 @@ def test_concurrent_requests_both_finish(conn: redis.Redis, llm_server: str, red
     assert set(results) == set(questions)
     for result in results.values():
         assert result["finish_reason"] == "stop" and result["text"].strip()
+
+
+def test_two_turn_session_remembers_the_name(conn: redis.Redis, llm_server: str, redis_url: str) -> None:
+    control = ask(conn, llm_server, redis_url, "What is my name?", language="en")
+    assert "alice" not in control["text"].lower()  # without the session the model cannot know it
+    first = ask(conn, llm_server, redis_url, "My name is Alice.", language="en", session_id="call-1")
+    second = ask(conn, llm_server, redis_url, "What is my name?", language="en", session_id="call-1")
+    assert first["history_turns"] == 0 and second["history_turns"] == 1
+    assert second["cache"] == "off"  # the same words as the control, but with history: not from the cache
+    assert "alice" in second["text"].lower()
+    got = sessions.get(conn, "call-1")
+    assert got is not None
+    assert [t["content"] for t in got["turns"]] == ["My name is Alice.", first["text"], "What is my name?",
+                                                    second["text"]]

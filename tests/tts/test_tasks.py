@@ -183,3 +183,38 @@ def test_real_worker_forks_with_preloaded_engines(conn: redis.Redis, worker: int
         time.sleep(0.2)
     assert scrape(worker, 'voicequeue_tts_characters_total{engine="espeak"}') == len(MANDARIN)
     assert scrape(worker, 'voicequeue_model_load_seconds{model="piper:en_US-joe-medium",stage="tts"}') > 0
+
+
+def test_real_worker_speaks_queued_sentences_then_joins_them(conn: redis.Redis, worker: int) -> None:
+    """The rq path: `enqueue_chunk` → `run_chunk` in the worker, events in order, then the stage joins."""
+    settings = make_settings()
+    reply = ["Your refund was approved this morning.", "It will reach your account within five days."]
+    job_id = jobs.create(conn, kind="chat", priority="live", inputs={"text": "Where is my refund?"}, options={},
+                         ttl_s=600)
+    for seq, sentence in enumerate(reply):
+        assert queues.enqueue_chunk(conn, settings, job_id, seq, sentence, "live")
+    assert not queues.enqueue_chunk(conn, settings, job_id, 0, reply[0], "live")  # once per sentence
+    seen: list[dict[str, Any]] = []
+    after, deadline = "0-0", time.monotonic() + 60
+    while len(seen) < len(reply):
+        assert time.monotonic() < deadline, f"only {seen} arrived"
+        for event_id, type_, data in events.read(conn, job_id, after, block_ms=1000):
+            after = event_id
+            if type_ == "tts.chunk":
+                seen.append(data)
+    assert [d["seq"] for d in seen] == [0, 1] and all(d["url"].endswith(f"/chunks/{d['seq']}") for d in seen)
+    jobs.put_result(conn, job_id, "llm", {"text": " ".join(reply),
+                                          "chunks": [{"seq": i, "text": s} for i, s in enumerate(reply)]})
+    assert queues.enqueue(conn, settings, job_id, "tts", "live")
+    final = events.wait_terminal(conn, job_id, 60)
+    assert final is not None and final[1] == "job.done", final
+    record = final[2]["job"]
+    result = record["results"]["tts"]
+    assert [c["blob_id"] for c in result["chunks"]] == [c["blob_id"] for c in record["chunks"]]
+    assert blob_audio(conn, result["blob_id"])[0].duration_s == pytest.approx(
+        sum(c["duration_s"] for c in result["chunks"]), abs=0.002)
+    assert record["ttfa_s"] is not None and record["ttfa_s"] < result["duration_s"]
+    deadline = time.monotonic() + 10
+    while scrape(worker, 'voicequeue_ttfa_seconds_count{kind="chat",priority="live"}') != 1:
+        assert time.monotonic() < deadline, "TTFA was not observed once in the worker"
+        time.sleep(0.2)
