@@ -123,7 +123,7 @@ class QueueDepthCollector(Collector):
                 enqueued = job.enqueued_at.timestamp() if job and job.enqueued_at else None
                 age.add_metric([qname], max(0.0, time.time() - enqueued) if enqueued else 0.0)
             except redis.RedisError:
-                continue
+                break  # Redis is down: one failed queue is enough, each retry costs seconds
         yield depth
         yield age
 
@@ -136,7 +136,7 @@ class WorkersCollector(Collector):
     """
 
     def __init__(self, conn: redis.Redis, queue_names: list[str]) -> None:
-        self.conn = conn
+        self.conn = _fail_fast(conn)
         self.queue_names = queue_names
 
     def collect(self) -> Any:
@@ -154,3 +154,16 @@ class WorkersCollector(Collector):
             up.add_metric([], 0.0)
         yield up
         yield workers
+
+
+def _fail_fast(conn: redis.Redis) -> redis.Redis:
+    """A client to the same Redis that gives up at once: redis-py's default retries would spend
+    seconds per call on a dead Redis and push the scrape past Prometheus's timeout."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    pool = conn.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_connect_timeout": 2, "socket_timeout": 2,
+              "retry": Retry(NoBackoff(), 0)}
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs),
+                       retry=Retry(NoBackoff(), 0))

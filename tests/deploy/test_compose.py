@@ -1,0 +1,192 @@
+"""docker-compose.yml and the Dockerfiles, checked without a Docker engine.
+
+The compose file must be valid Compose, every command must be a real `voicequeue` command,
+and every VQ_* name and port must be one the settings classes really read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from shared.cli.main import parser
+from tests.conftest import REPO
+from tests.deploy.conftest import DEPLOY, WORKERS
+from tests.stack import VENV_BIN
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+OURS = ("gateway", *WORKERS, "llm-server")
+SETTINGS_CLASS = {
+    "gateway": "services.gateway.config:GatewaySettings",
+    "asr": "services.asr.config:AsrSettings",
+    "llm": "services.llm.config:LlmSettings",
+    "tts": "services.tts.config:TtsSettings",
+    "llm-server": "services.llm.config:LlmSettings",
+}
+# The port each service listens on, named by its setting.
+PORT_SETTING = {
+    "gateway": "gateway_port",
+    "asr": "asr_metrics_port",
+    "llm": "llm_metrics_port",
+    "tts": "tts_metrics_port",
+    "llm-server": "llm_server_port",
+}
+
+
+def settings_fields(service: str) -> dict[str, Any]:
+    module, name = SETTINGS_CLASS[service].split(":")
+    cls = getattr(importlib.import_module(module), name)
+    return dict(cls.model_fields)
+
+
+def vq_names(value: Any) -> set[str]:
+    """Every VQ_* variable a piece of compose config sets or interpolates."""
+    text = json.dumps(value)
+    return set(re.findall(r"\$\{(VQ_[A-Z0-9_]+)", text)) | {
+        k for k in (value.get("environment") or {}) if k.startswith("VQ_")
+    }
+
+
+def dockerfile(service: str) -> str:
+    return (REPO / SERVICES[service]["build"]["dockerfile"]).read_text()
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
+    return [(m.group(1).upper(), m.group(2).strip()) for m in re.finditer(r"^\s*([A-Za-z]+)\s+(.*)$", joined, re.M)]
+
+
+def test_compose_is_valid_against_the_compose_spec_schema() -> None:
+    schema = json.loads((Path(__file__).parent / "schemas" / "compose-spec.json").read_text())
+    validator = jsonschema.Draft201909Validator(schema)
+    errors = sorted(validator.iter_errors(COMPOSE), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+    # The schema really rejects what Compose rejects: a typo in a service key.
+    broken = {**COMPOSE, "services": {**SERVICES, "gateway": {**SERVICES["gateway"], "restart_policy": "always"}}}
+    assert not validator.is_valid(broken)
+
+
+def test_the_stack_has_every_service() -> None:
+    assert set(SERVICES) == {"redis", "gateway", "asr", "llm", "tts", "llm-server", "prometheus", "grafana"}
+    redis = SERVICES["redis"]
+    assert re.match(r"redis:7\.\d+\.\d+", redis["image"])
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert any(v.endswith(":/data") for v in redis["volumes"])
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_service_restarts_is_health_checked_and_limited(service: str) -> None:
+    svc = SERVICES[service]
+    assert svc["restart"] in ("unless-stopped", "always", "on-failure")
+    check = svc["healthcheck"]["test"]
+    assert check[0] == "CMD" and len(check) > 1
+    limits = svc["deploy"]["resources"]["limits"]
+    assert float(limits["cpus"]) > 0 and re.fullmatch(r"\d+[mg]", limits["memory"])
+    if "image" in svc and "build" not in svc:  # third-party images are pinned to a release
+        assert re.search(r":v?\d+\.\d+\.\d+", svc["image"]), svc["image"]
+
+
+@pytest.mark.parametrize("service", WORKERS)
+def test_workers_scale_without_changes(service: str) -> None:
+    svc = SERVICES[service]
+    # A fixed host port or container name would make `--scale` fail on the second replica.
+    assert "ports" not in svc and "container_name" not in svc
+    assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert svc["init"] is True
+    # Long enough for a job to finish after the warm-stop SIGTERM.
+    grace = svc["stop_grace_period"]
+    seconds = int(grace[:-1]) * {"s": 1, "m": 60}[grace[-1]]
+    assert seconds >= 120
+
+
+@pytest.mark.parametrize("service", OURS)
+def test_commands_are_real_voicequeue_commands(service: str) -> None:
+    command = SERVICES[service]["command"]
+    assert command[0] == "voicequeue"
+    assert (VENV_BIN / "voicequeue").exists(), "the voicequeue console script is not installed"
+    args = parser().parse_args(command[1:])  # exits (SystemExit) on an unknown command
+    assert args.fn.__module__ == "shared.cli.main"
+    if command[1] == "worker":
+        importlib.import_module(f"services.{command[2]}.worker").main  # noqa: B018
+    # The image runs the same command by default.
+    cmd = dict(instructions(dockerfile(service)))["CMD"]
+    assert json.loads(cmd) == command
+
+
+@pytest.mark.parametrize("service", OURS)
+def test_env_names_and_ports_match_the_settings(service: str) -> None:
+    svc = SERVICES[service]
+    fields = settings_fields(service)
+    env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+    for name in vq_names(svc) | vq_names(COMPOSE["x-worker"]):
+        assert name[3:].lower() in fields, f"{service}: {name} is not a setting of {SETTINGS_CLASS[service]}"
+    # The documented .env.example lists them too (it is generated from the same classes).
+    example = (REPO / ".env.example").read_text()
+    for name in vq_names(svc):
+        assert f"# {name}=" in example, f"{name} missing from .env.example"
+
+    port_var = f"VQ_{PORT_SETTING[service].upper()}"
+    port = int(env[port_var])
+    assert port == fields[PORT_SETTING[service]].default, "compose should run the default port"
+    listens = svc.get("expose", []) + [p.split(":")[-1] for p in svc.get("ports", [])]
+    assert str(port) in listens
+    assert svc["healthcheck"]["test"][-3:-1] == [port_var, str(port)]
+    host_setting = {"gateway": "VQ_GATEWAY_HOST", "llm-server": "VQ_LLM_SERVER_HOST"}.get(service)
+    if host_setting:  # these two bind 127.0.0.1 by default: in a container they must listen on all interfaces
+        assert env[host_setting] == "0.0.0.0"
+    if service != "llm-server":
+        assert env["VQ_REDIS_URL"] == "redis://redis:6379/0"
+
+
+@pytest.mark.parametrize("service", OURS)
+def test_dockerfiles_are_multistage_pinned_non_root_and_health_checked(service: str) -> None:
+    steps = instructions(dockerfile(service))
+    bases = [args.split()[0] for op, args in steps if op == "FROM"]
+    assert len(bases) >= 2, "multi-stage: build tools stay out of the runtime image"
+    for base in bases:
+        assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?", base), f"unpinned base {base}"
+    final = steps[max(i for i, (op, _) in enumerate(steps) if op == "FROM"):]
+    users = [args for op, args in final if op == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the runtime stage must run as a non-root user"
+    health = [args for op, args in final if op == "HEALTHCHECK"]
+    assert len(health) == 1
+    exec_form = re.search(r"\bCMD\s+(\[.*\])\s*$", health[0])
+    assert exec_form, "HEALTHCHECK should use the exec form (no shell needed)"
+    cmd = json.loads(exec_form.group(1))
+    assert cmd == SERVICES[service]["healthcheck"]["test"][1:], "image and compose health checks differ"
+    assert any(op == "COPY" and "healthcheck.py" in args for op, args in final)
+
+
+def test_grafana_is_provisioned_with_the_dashboard() -> None:
+    grafana = SERVICES["grafana"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in grafana["volumes"] if v.startswith("./"))
+    datasources = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    providers = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/voicequeue.yml").read_text())
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    dashboard_target = mounts["./deploy/grafana/voicequeue.json"]
+    assert Path(dashboard_target).parent == Path(providers["providers"][0]["options"]["path"])
+    source = datasources["datasources"][0]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    dashboard = json.loads((DEPLOY / "grafana/voicequeue.json").read_text())
+    uids = {p["datasource"]["uid"] for p in dashboard["panels"] if p["type"] != "row"}
+    assert uids == {source["uid"]}
+
+
+def test_prometheus_scrapes_every_service_on_its_port() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    for service in ("gateway", *WORKERS):
+        sd = jobs[service]["dns_sd_configs"][0]
+        assert sd["names"] == [service]  # every replica, however many `--scale` made
+        assert str(sd["port"]) == str(SERVICES[service]["environment"][f"VQ_{PORT_SETTING[service].upper()}"])
+    mounted = {v.split(":")[1] for v in SERVICES["prometheus"]["volumes"] if v.startswith("./")}
+    assert {"/etc/prometheus/prometheus.yml", "/etc/prometheus/alerts.yml"} <= mounted
