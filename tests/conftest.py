@@ -11,11 +11,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
 from shared import redis_server
-from tests.stack import free_port
+from tests.stack import Stack, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = Path(os.environ.get("VQ_SPEECH_DIR", REPO.parent / "shared" / "data" / "speech"))
@@ -74,3 +75,28 @@ def conn(redis_url: str) -> Iterator[redis.Redis]:
     c.flushdb()
     yield c
     c.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The whole stack as real processes (llama.cpp server, asr/llm/tts workers, gateway), shared by the
+    gateway and browser tests. Its own Redis: other tests' workers must not take its jobs, nor it theirs."""
+    with running_redis(tmp_path_factory.mktemp("stack-redis")) as url:
+        s = Stack(url, tmp_path_factory.mktemp("stack-logs"))
+        try:
+            yield s.start()
+        finally:
+            s.stop()
+
+
+@pytest.fixture
+def stack_redis(stack: Stack) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(stack.redis_url)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.base_url, timeout=300) as c:
+        yield c

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY, Counter, Histogram
 
 from services.gateway import errors
 from services.gateway.config import GatewaySettings
-from services.gateway.routes import health, jobs, transcriptions, turns
+from services.gateway.routes import audio, chat, health, jobs, sessions, speech, transcriptions, turns, web
 from shared import metrics, queues
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.aredis = aioredis.Redis.from_url(settings.redis_url)
         if not _collector_registered:
             REGISTRY.register(metrics.QueueDepthCollector(app.state.redis, queues.all_names()))
+            REGISTRY.register(metrics.WorkersCollector(app.state.redis, queues.all_names()))
             _collector_registered = True
         yield
         await app.state.aredis.aclose()
@@ -62,7 +63,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app = FastAPI(title="voicequeue", version="0.1.0", lifespan=lifespan,
                   description="Voice back-end: audio in, transcripts, answers and spoken replies out.")
     errors.install(app)
-    for module in (turns, transcriptions, jobs, health):
+    for module in (turns, chat, speech, transcriptions, jobs, audio, sessions, health, web):
         app.include_router(module.router)
 
     @app.middleware("http")

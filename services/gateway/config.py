@@ -19,6 +19,19 @@ class GatewaySettings(CommonSettings):
         600.0, description="How long POST /v1/audio/transcriptions waits for its job before answering 504."
     )
     sse_keepalive_s: float = Field(15.0, description="Comment sent on an idle SSE stream to keep proxies open.")
+    chat_max_chars: int = Field(2000, description="Longest text POST /v1/chat accepts (400 past it).")
+    speech_max_chars: int = Field(4096, description="Longest input POST /v1/audio/speech accepts, as OpenAI's.")
+    reply_wait_s: float = Field(
+        300.0, description="How long POST /v1/audio/speech and POST /v1/turns?wait=true wait before answering 504."
+    )
+    stream_first_chunk_wait_s: float = Field(
+        300.0, description="How long GET /v1/jobs/{id}/audio/stream waits for the first audio chunk (504 after)."
+    )
+    gateway_voices: list[str] = Field(
+        default_factory=lambda: ["en_US-joe-medium"],
+        description="Local (piper) voice names requests may ask for (JSON list in VQ_GATEWAY_VOICES). Edge "
+        "voices (xx-YY-NameNeural) and espeak-ng voices are accepted too; anything else is refused (400).",
+    )
 
     @property
     def max_upload_bytes(self) -> int:

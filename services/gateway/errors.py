@@ -33,6 +33,15 @@ def _describe(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _malformed_json(exc: RequestValidationError) -> str | None:
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            where = err.get("loc", ("body", "?"))[-1]
+            reason = (err.get("ctx") or {}).get("error", "not JSON")
+            return f"the body is not valid JSON: {reason} at character {where}"
+    return None
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -40,6 +49,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        broken = _malformed_json(exc)
+        if broken:
+            return JSONResponse(body("malformed_json", broken), status_code=400)
         return JSONResponse(body("invalid_request", _describe(exc)), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

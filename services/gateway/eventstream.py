@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import redis.asyncio as aioredis
 
@@ -12,7 +12,7 @@ from shared import events
 
 async def follow(
     aconn: aioredis.Redis, job_id: str, after: str = "0-0", idle_s: float = 15.0, timeout_s: float | None = None
-) -> AsyncIterator[events.Event | None]:
+) -> AsyncGenerator[events.Event | None, None]:
     """Yield events after `after` until a terminal one; yield None after each `idle_s` of silence (keep-alive)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     quiet_since = time.monotonic()

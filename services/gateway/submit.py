@@ -40,11 +40,14 @@ def submit(
     return job_id
 
 
-def links(request: Request, settings: GatewaySettings, job_id: str) -> dict[str, str]:
+def links(request: Request, settings: GatewaySettings, job_id: str, audio: bool = True) -> dict[str, str]:
     base = (settings.gateway_public_url or str(request.base_url)).rstrip("/")
-    return {
+    out = {
         "id": job_id,
         "status_url": f"{base}/v1/jobs/{job_id}",
         "events_url": f"{base}/v1/jobs/{job_id}/events",
-        "audio_url": f"{base}/v1/jobs/{job_id}/audio",
     }
+    if audio:
+        out["audio_url"] = f"{base}/v1/jobs/{job_id}/audio"
+        out["audio_stream_url"] = f"{base}/v1/jobs/{job_id}/audio/stream"
+    return out

@@ -49,9 +49,11 @@ def read_sse(client: httpx.Client, url: str, headers: dict[str, str] | None = No
     return out
 
 
-def post_turn(client: httpx.Client, path: str, name: str | None = None, **form: str) -> httpx.Response:
+def post_turn(client: httpx.Client, path: str, name: str | None = None, path_query: str = "",
+              **form: str) -> httpx.Response:
     with open(path, "rb") as f:
-        return client.post("/v1/turns", files={"file": (name or path.rsplit("/", 1)[-1], f)}, data=form)
+        return client.post(f"/v1/turns{path_query}", files={"file": (name or path.rsplit("/", 1)[-1], f)},
+                           data=form)
 
 
 def encode(pcm: np.ndarray, rate: int, codec: str, container: str) -> bytes:
@@ -69,3 +71,34 @@ def encode(pcm: np.ndarray, rate: int, codec: str, container: str) -> bytes:
             out.mux(stream.encode(converted))
         out.mux(stream.encode(None))
     return buf.getvalue()
+
+
+def post_chat(client: httpx.Client, text: str, **fields: Any) -> dict[str, Any]:
+    r = client.post("/v1/chat", json={"text": text, **fields})
+    assert r.status_code == 202, r.text
+    links: dict[str, Any] = r.json()
+    return links
+
+
+def types(evs: list[dict[str, Any]]) -> list[str]:
+    return [e["event"] for e in evs]
+
+
+def pcm_seconds(data: bytes, rate: int) -> float:
+    """Duration of raw mono s16le PCM."""
+    return len(data) / 2 / rate
+
+
+def decoded_seconds(data: bytes) -> float:
+    """Duration of any audio file as decoded by PyAV (what a player would hear)."""
+    from shared import audio
+
+    return len(audio.decode(data)) / audio.SAMPLE_RATE
+
+
+def jobs_and_queues(conn: Any) -> tuple[int, int]:
+    """How many job records exist and how many rq jobs wait: a refused request must move neither."""
+    from shared import queues
+
+    n_jobs = sum(1 for k in conn.scan_iter("vq:job:*") if k.count(b":") == 2)
+    return n_jobs, sum(conn.llen(f"rq:queue:{q}") for q in queues.all_names())

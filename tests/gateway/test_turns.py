@@ -13,7 +13,7 @@ def test_voice_turn_end_to_end(client: httpx.Client, speech, references) -> None
     r = post_turn(client, str(speech / "en_short/jfk.flac"))
     assert r.status_code == 202, r.text
     links = r.json()
-    assert set(links) == {"id", "status_url", "events_url", "audio_url"}
+    assert set(links) == {"id", "status_url", "events_url", "audio_url", "audio_stream_url"}
     assert len(links["id"]) >= 20  # unguessable
 
     audio = client.get(links["audio_url"], params={"wait": 300})
@@ -65,3 +65,33 @@ def test_turn_options_are_recorded(client: httpx.Client, speech) -> None:
     assert job["inputs"]["duration_s"] == 2.925
     assert job["inputs"]["sample_rate"] == 16000
     client.get(r.json()["audio_url"], params={"wait": 300})
+
+
+def test_turn_wait_answers_with_audio_and_encoded_texts(client: httpx.Client, speech, references) -> None:
+    """?wait=true: the reply WAV in the body, transcript and reply in percent-encoded headers (here Mandarin)."""
+    from urllib.parse import unquote
+
+    from shared.textnorm import cer
+
+    name = "zh/aishell1_BAC009S0724W0121.wav"
+    r = post_turn(client, str(speech / name), path_query="?wait=true", language="zh")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "audio/wav"
+    for header in ("x-transcript", "x-reply-text"):
+        assert r.headers[header].isascii() and "%E" in r.headers[header], r.headers[header]
+    transcript, reply = unquote(r.headers["x-transcript"]), unquote(r.headers["x-reply-text"])
+    assert cer(references[name]["transcript"], transcript) <= 0.35, transcript
+    job = client.get(f"/v1/jobs/{r.headers['x-job-id']}").json()
+    assert job["results"]["asr"]["text"] == transcript
+    assert job["results"]["llm"]["text"] == reply
+    assert abs(wav_duration(r.content) - job["results"]["tts"]["duration_s"]) < 0.05
+
+
+def test_turn_wait_english(client: httpx.Client, speech) -> None:
+    from urllib.parse import unquote
+
+    r = post_turn(client, str(speech / "en_short/LDC93S1.wav"), path_query="?wait=true")
+    assert r.status_code == 200, r.text
+    assert "greasy wash water" in unquote(r.headers["x-transcript"]).lower()
+    assert unquote(r.headers["x-reply-text"]).strip()
+    assert wav_duration(r.content) > 0.5

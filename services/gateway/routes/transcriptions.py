@@ -9,10 +9,9 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from services.gateway.deps import AsyncRedisDep, RedisDep, SettingsDep
-from services.gateway.errors import ApiError
-from services.gateway.eventstream import follow
 from services.gateway.submit import submit
 from services.gateway.uploads import check_language, read_audio
+from services.gateway.waiting import wait_done
 from shared import subtitles
 
 router = APIRouter(tags=["openai"])
@@ -64,17 +63,7 @@ async def transcribe(
     upload = await asyncio.to_thread(read_audio, file, settings, settings.max_turn_audio_s)
     options = {"language": lang, "initial_prompt": prompt, "model": model}
     job_id = await asyncio.to_thread(submit, conn, settings, kind="transcription", options=options, upload=upload)
-    final = None
-    async for event in follow(aconn, job_id, timeout_s=settings.transcription_wait_s):
-        if event is not None and event[1] in ("job.done", "job.failed", "job.cancelled"):
-            final = event
-            break
-    if final is None:
-        raise ApiError(504, "timeout", f"transcription {job_id} did not finish in {settings.transcription_wait_s:g} s")
-    if final[1] != "job.done":
-        error = final[2].get("error") or {"reason": "cancelled", "message": "the job was cancelled"}
-        status = 400 if error.get("stage") == "asr" and error.get("reason") != "internal_error" else 500
-        raise ApiError(status, error["reason"], error["message"])
-    response = render(final[2]["job"]["results"]["asr"], response_format)
+    job = await wait_done(aconn, job_id, settings.transcription_wait_s, what="transcription")
+    response = render(job["results"]["asr"], response_format)
     response.headers["X-Job-Id"] = job_id
     return response

@@ -1,0 +1,196 @@
+"""Time to first audio (TTFA) of streamed replies vs non-streamed, cached answers, and 4 concurrent callers.
+
+One run on the short English clips against the real stack. The baseline, measured in the
+same run without queues: raw ASR time + raw LLM time to the first sentence (same messages,
+same sentence splitter, temperature 0) + raw piper time for that first sentence. The quality
+bar is TTFA / baseline <= 1.10. Usage: `python bench/streaming.py [--limit N]` (part of `make bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.pipeline import RawEngines, clips, machine, pct, warm  # noqa: E402
+from services.llm import prompts  # noqa: E402
+from services.llm.config import LlmSettings  # noqa: E402
+from shared import answer_cache, redis_server  # noqa: E402
+from shared.sentences import SentenceSplitter  # noqa: E402
+from tests.stack import Stack, free_port  # noqa: E402
+
+
+def raw_first_audio(raw: RawEngines, path: Path, llm: LlmSettings, language: str) -> tuple[float, float]:
+    """(raw TTFA baseline, raw total) for one clip: ASR, LLM to its first sentence, piper on that sentence."""
+    text, asr_s = raw.asr(path)
+    warm(raw, llm)
+    messages = prompts.build(text, system=llm.llm_system_prompt, language=language)
+    splitter = SentenceSplitter(llm.llm_stream_first_comma_chars, llm.llm_stream_min_chars)
+    start = time.perf_counter()
+    first: str | None = None
+    first_s = 0.0
+    stream = raw.llm.chat.completions.create(model=llm.llm_model, stream=True, temperature=0.0,
+                                             max_tokens=raw.max_tokens, messages=messages)
+    reply = ""
+    for chunk in stream:
+        delta = chunk.choices[0].delta.content if chunk.choices else None
+        if not delta:
+            continue
+        reply += delta
+        if first is None and (done := splitter.feed(delta)):
+            first, first_s = done[0], time.perf_counter() - start
+    llm_total = time.perf_counter() - start
+    if first is None:
+        first, first_s = (splitter.flush() or [reply])[0], llm_total
+    tts_first = raw.tts(first)
+    return asr_s + first_s + tts_first, asr_s + llm_total + raw.tts(reply)
+
+
+def follow_turn(client: httpx.Client, post: Any) -> dict[str, float]:
+    """Submit, then read the SSE stream: seconds to the first `tts.chunk` and to `job.done`."""
+    start = time.perf_counter()
+    r = post()
+    r.raise_for_status()
+    out: dict[str, float] = {}
+    event = ""
+    with client.stream("GET", r.json()["events_url"], timeout=600) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "tts.chunk" and "ttfa" not in out:
+                out["ttfa"] = time.perf_counter() - start
+            elif line.startswith("data: ") and event in ("job.done", "job.failed"):
+                out["total"] = time.perf_counter() - start
+                if event == "job.failed":
+                    raise RuntimeError(json.loads(line[6:]))
+                break
+    return out
+
+
+def turn(client: httpx.Client, path: Path, stream: bool) -> dict[str, float]:
+    def post() -> httpx.Response:
+        with path.open("rb") as f:
+            return client.post("/v1/turns", files={"file": (path.name, f)},
+                               data={"language": "en", "stream": str(stream).lower()})
+    return follow_turn(client, post)
+
+
+def chat(client: httpx.Client, text: str) -> dict[str, float]:
+    return follow_turn(client, lambda: client.post("/v1/chat", json={"text": text, "language": "en"}))
+
+
+def show(title: str, rows: list[dict[str, float]], keys: list[str]) -> None:
+    print(f"\n{title} ({len(rows)} turns)")
+    print(f"{'figure':34s} {'median':>9s} {'p95':>9s}")
+    for key in keys:
+        values = [r[key] for r in rows if key in r]
+        if values:
+            print(f"{key:34s} {statistics.median(values):9.3f} {pct(values, 0.95):9.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--concurrency", type=int, default=4)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="vq-bench-stream-"))
+    port = free_port()
+    redis_proc = subprocess.Popen(redis_server.command(port, tmp / "redis"), stdout=subprocess.DEVNULL)
+    llm = LlmSettings()
+    stack = Stack(f"redis://127.0.0.1:{port}/0", tmp / "logs")
+    try:
+        stack.start(extra_env={"VQ_LLM_TEMPERATURE": "0"})
+        conn = redis.Redis(port=port)
+        raw = RawEngines(stack.llm_base_url, llm.llm_api_key.get_secret_value(), llm.llm_max_tokens)
+        rows: list[dict[str, float]] = []
+        with httpx.Client(base_url=stack.base_url, timeout=600) as client:
+            for path in clips(args.limit):
+                row: dict[str, float] = {}
+                row["raw_ttfa"], row["raw_total"] = raw_first_audio(raw, path, llm, "en")
+                warm(raw, llm)
+                forget_answers(conn)  # each path must really run the LLM, not hit the other's cached answer
+                streamed = turn(client, path, stream=True)
+                warm(raw, llm)
+                forget_answers(conn)
+                plain = turn(client, path, stream=False)
+                row.update(ttfa_stream=streamed["ttfa"], total_stream=streamed["total"],
+                           ttfa_nostream=plain["ttfa"], total_nostream=plain["total"])
+                row["ratio"] = row["ttfa_stream"] / row["raw_ttfa"]
+                rows.append(row)
+                print(f"{path.name:42s} TTFA stream {row['ttfa_stream']:.2f}s no-stream {row['ttfa_nostream']:.2f}s "
+                      f"raw {row['raw_ttfa']:.2f}s ratio {row['ratio']:.3f}", flush=True)
+            cached = cached_answers(client)
+            forget_answers(conn)
+            concurrent = concurrent_turns(stack.base_url, clips(args.limit), args.concurrency)
+        print(f"\nmachine: {machine()}")
+        show("single caller", rows, ["raw_ttfa", "ttfa_stream", "ttfa_nostream", "raw_total", "total_stream",
+                                     "total_nostream", "ratio"])
+        show("cached answers (/v1/chat, answer cache and speech cache hit)", cached, ["ttfa", "total"])
+        show(f"{args.concurrency} concurrent callers, streaming", concurrent, ["ttfa", "total"])
+        base = statistics.median(r["raw_ttfa"] for r in rows)
+        print(f"\nbaseline: raw ASR + raw LLM to first sentence + raw TTS of first sentence, median {base:.3f} s")
+        print(f"TTFA ratio (streaming / baseline): median {statistics.median(r['ratio'] for r in rows):.3f} "
+              "(target <= 1.10)")
+        print(f"streaming vs non-streaming TTFA: median {statistics.median(r['ttfa_stream'] for r in rows):.3f} s "
+              f"vs {statistics.median(r['ttfa_nostream'] for r in rows):.3f} s")
+        conc = statistics.median(r["ttfa"] for r in concurrent)
+        print(f"{args.concurrency} concurrent callers: median TTFA {conc:.3f} s = {conc / base:.2f}x the "
+              "single-caller baseline (2 cores, one llama.cpp server: the LLM serialises)")
+    finally:
+        stack.stop()
+        redis_proc.terminate()
+
+
+def forget_answers(conn: redis.Redis) -> None:
+    for key in conn.scan_iter(f"{answer_cache.PREFIX}*"):
+        conn.delete(key)
+
+
+def cached_answers(client: httpx.Client) -> list[dict[str, float]]:
+    """Ask each question twice; time the second (answer cache and speech cache hits)."""
+    questions = ["What are your opening hours?", "How do I reset my password?", "Can I change my delivery address?",
+                 "Do you ship abroad?", "How do I cancel my order?"]
+    for q in questions:
+        chat(client, q)
+    return [chat(client, q) for q in questions]
+
+
+def concurrent_turns(base_url: str, paths: list[Path], callers: int) -> list[dict[str, float]]:
+    rows: list[dict[str, float]] = []
+    lock = threading.Lock()
+    work = list(paths)
+
+    def caller() -> None:
+        with httpx.Client(base_url=base_url, timeout=600) as client:
+            while True:
+                with lock:
+                    if not work:
+                        return
+                    path = work.pop(0)
+                result = turn(client, path, stream=True)
+                with lock:
+                    rows.append(result)
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return rows
+
+
+if __name__ == "__main__":
+    main()

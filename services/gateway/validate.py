@@ -1,0 +1,54 @@
+"""Checking request fields (text, session id, voice) before anything is stored or enqueued."""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+from services.gateway.config import GatewaySettings
+from services.gateway.errors import ApiError
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# OpenAI's voice names: clients written for OpenAI send them; they mean "the default voice" here.
+OPENAI_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse", "marin",
+     "cedar"}
+)
+EDGE_VOICE = re.compile(r"^[a-z]{2,}-[A-Z]{2,}-.+Neural$")
+
+
+def check_text(text: str, limit: int, field: str = "text") -> str:
+    if not text.strip():
+        raise ApiError(400, "empty_text", f"'{field}' is empty: there is nothing to answer or speak")
+    if len(text) > limit:
+        raise ApiError(400, "text_too_long", f"'{field}' has {len(text)} characters; the limit is {limit}")
+    return text
+
+
+def check_session_id(session_id: str | None) -> str | None:
+    if session_id is None:
+        return None
+    if not SESSION_ID.match(session_id):
+        raise ApiError(400, "invalid_session_id",
+                       "session_id must be 1-64 characters of letters, digits, '_' or '-'")
+    return session_id
+
+
+@functools.cache
+def espeak_voices() -> frozenset[str]:
+    """espeak-ng voice identifiers (`cmn`, `en-us`, `de`…): file names under its bundled data's lang/."""
+    import espeakng_loader
+
+    return frozenset(p.name.lower() for p in (Path(espeakng_loader.get_data_path()) / "lang").rglob("*")
+                     if p.is_file())
+
+
+def check_voice(voice: str | None, settings: GatewaySettings) -> str | None:
+    """The voice to put in the job's options (None: the worker's default), or 400 for a voice nobody has."""
+    if voice is None or not voice.strip() or voice.lower() in OPENAI_VOICES:
+        return None
+    if voice in settings.gateway_voices or EDGE_VOICE.match(voice) or voice.lower() in espeak_voices():
+        return voice
+    known = ", ".join([*settings.gateway_voices, "xx-YY-NameNeural (edge)", "espeak-ng voices such as cmn"])
+    raise ApiError(400, "unknown_voice", f"unknown voice {voice!r}: use one of {known}")

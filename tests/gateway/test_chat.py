@@ -1,0 +1,66 @@
+"""POST /v1/chat: text in, the answer streamed as text deltas and sentence-sized audio chunks."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.gateway.helpers import decoded_seconds, post_chat, read_sse, types
+from tests.stack import Stack
+
+LONG_ASK = "Describe the sun in four short sentences."
+
+
+def test_chat_text_only(client: httpx.Client) -> None:
+    links = post_chat(client, "What is two plus two? Answer with the number.", speak=False)
+    assert "audio_url" not in links and "audio_stream_url" not in links
+    evs = read_sse(client, links["events_url"])
+    assert types(evs)[-1] == "job.done"
+    job = evs[-1]["data"]["job"]
+    assert job["plan"] == ["llm"] and job["kind"] == "chat_text"
+    reply = job["results"]["llm"]["text"]
+    assert "4" in reply or "four" in reply.lower(), reply
+    assert "".join(e["data"]["text"] for e in evs if e["event"] == "llm.delta") == reply
+    assert "tts.chunk" not in types(evs)
+
+
+def test_first_audio_before_the_answer_is_finished(client: httpx.Client) -> None:
+    """Ordering: the first sentence's audio is ready before the LLM is done, and chunks come in order."""
+    links = post_chat(client, LONG_ASK)
+    evs = read_sse(client, links["events_url"])
+    kinds = types(evs)
+    assert kinds[-1] == "job.done", evs[-1]
+    chunks = [e["data"] for e in evs if e["event"] == "tts.chunk"]
+    assert len(chunks) >= 2, f"a several-sentence reply must come in several chunks: {chunks}"
+    assert kinds.index("tts.chunk") < kinds.index("llm.done"), kinds
+    assert [c["seq"] for c in chunks] == list(range(len(chunks)))
+    llm_done = next(e["data"] for e in evs if e["event"] == "llm.done")
+    assert llm_done["chunks"] == len(chunks)
+
+    job = evs[-1]["data"]["job"]
+    assert job["plan"] == ["llm", "tts"]
+    # The chunks say the whole reply, in order.
+    said = " ".join(c["text"] for c in chunks)
+    assert said.split() == job["results"]["llm"]["text"].split()
+    # The full reply is the chunks joined: its length is their sum.
+    total = sum(c["duration_s"] for c in job["chunks"])
+    assert abs(job["results"]["tts"]["duration_s"] - total) < 0.01
+    audio = client.get(links["audio_url"])
+    assert audio.status_code == 200
+    assert abs(decoded_seconds(audio.content) - total) < 0.05
+    assert job["ttfa_s"] is not None and 0 < job["ttfa_s"] < job["stages"]["tts"]["finished_at"] - job["created_at"]
+
+
+def test_cached_answer_skips_the_llm(client: httpx.Client, stack: Stack) -> None:
+    """The same context-free question twice: the second answer comes from the cache, without an LLM call."""
+    question = "What colour is a ripe banana? Answer in one sentence."
+    first = read_sse(client, post_chat(client, question, speak=False)["events_url"])[-1]["data"]["job"]
+    hits = stack.metric("llm", "voicequeue_cache_hits_total", cache="answer")
+    tokens = stack.metric("llm", "voicequeue_llm_tokens_total", kind="completion")
+    second = read_sse(client, post_chat(client, "  what colour is a RIPE banana?? answer in one sentence ",
+                                        speak=False)["events_url"])[-1]["data"]["job"]
+    assert first["results"]["llm"]["cache"] == "miss"
+    assert second["results"]["llm"]["cache"] == "hit"
+    assert second["results"]["llm"]["text"] == first["results"]["llm"]["text"]
+    assert second["cost"].get("cache_hits") == 1
+    assert stack.metric("llm", "voicequeue_cache_hits_total", cache="answer") == hits + 1
+    assert stack.metric("llm", "voicequeue_llm_tokens_total", kind="completion") == tokens, "no LLM call on a hit"
