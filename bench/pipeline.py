@@ -4,7 +4,8 @@ For each clip, first the raw engines run in this process with no Redis
 (faster-whisper → llama.cpp over HTTP → piper), then the same clip goes
 through the gateway, queues and workers. The LLM runs at temperature 0 so both
 paths produce the same reply. Prints medians and p95s, and the overhead ratio
-(pipeline end-to-end / sum of raw engine times). Usage: `make bench`.
+(pipeline end-to-end / sum of raw engine times), and the first reply audio (sentence-level
+streaming is on, so it comes well before the end) against the same sum. Usage: `make bench`.
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def measure(client: httpx.Client, raw: RawEngines, path: Path, llm: Any) -> dict
     raw_tts = raw.tts(job["results"]["llm"]["text"])
     row = {"e2e": e2e, "raw_asr": raw_asr, "raw_llm": raw_llm, "raw_tts": raw_tts,
            "raw_sum": raw_asr + raw_llm + raw_tts,
-           "same_reply": float(reply.strip() == job["results"]["llm"]["text"].strip())}
+           "same_reply": float(reply.strip() == job["results"]["llm"]["text"].strip()),
+           "ttfa": float(job["ttfa_s"] or e2e)}
     for stage in ("asr", "llm", "tts"):
         row[f"wait_{stage}"] = job["stages"][stage]["queue_wait_s"]
         row[f"run_{stage}"] = job["stages"][stage]["run_s"]
@@ -150,12 +152,14 @@ def report(rows: list[dict[str, float]]) -> None:
     print(f"\n{len(rows)} turns on {machine()}")
     print(f"{'figure':28s} {'median':>9s} {'p95':>9s}")
     for key in ["wait_asr", "wait_llm", "wait_tts", "run_asr", "run_llm", "run_tts",
-                "raw_asr", "raw_llm", "raw_tts", "raw_sum", "e2e"]:
+                "raw_asr", "raw_llm", "raw_tts", "raw_sum", "ttfa", "e2e"]:
         values = [r[key] for r in rows]
         print(f"{key + ' (s)':28s} {statistics.median(values):9.3f} {pct(values, 0.95):9.3f}")
     print(f"identical replies (pipeline vs raw, temperature 0): {int(sum(r['same_reply'] for r in rows))}/{len(rows)}")
     ratios = [r["e2e"] / r["raw_sum"] for r in rows]
     print(f"{'overhead ratio e2e/raw_sum':28s} {statistics.median(ratios):9.3f} {pct(ratios, 0.95):9.3f}")
+    first = [r["ttfa"] / r["raw_sum"] for r in rows]
+    print(f"{'first audio / raw_sum':28s} {statistics.median(first):9.3f} {pct(first, 0.95):9.3f}")
     print(f"\nbaseline: raw engines in-process, no Redis. median overhead ratio = {statistics.median(ratios):.3f} "
           "(quality bar: <= 1.10)")
 
