@@ -11,6 +11,7 @@ streaming is on, so it comes well before the end) against the same sum. Usage: `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import statistics
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,22 +81,30 @@ def clips(limit: int | None) -> list[Path]:
     return [SPEECH / r for r in rows][:limit]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--limit", type=int, default=None, help="use only the first N clips")
-    ap.add_argument("--rounds", type=int, default=1, help="passes over the clips")
-    args = ap.parse_args()
-
+@contextlib.contextmanager
+def bench_stack(prefix: str) -> Iterator[tuple[Stack, RawEngines, Any, int]]:
+    """The real stack on its own Redis (LLM at temperature 0), and the raw engines beside it."""
     from services.llm.config import LlmSettings
 
-    tmp = Path(tempfile.mkdtemp(prefix="vq-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     port = free_port()
     redis_proc = subprocess.Popen(redis_server.command(port, tmp / "redis"), stdout=subprocess.DEVNULL)
     llm = LlmSettings()
     stack = Stack(f"redis://127.0.0.1:{port}/0", tmp / "logs")
     try:
         stack.start(extra_env={"VQ_LLM_TEMPERATURE": "0"})
-        raw = RawEngines(stack.llm_base_url, llm.llm_api_key.get_secret_value(), llm.llm_max_tokens)
+        yield stack, RawEngines(stack.llm_base_url, llm.llm_api_key.get_secret_value(), llm.llm_max_tokens), llm, port
+    finally:
+        stack.stop()
+        redis_proc.terminate()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N clips")
+    ap.add_argument("--rounds", type=int, default=1, help="passes over the clips")
+    args = ap.parse_args()
+    with bench_stack("vq-bench-") as (stack, raw, llm, _port):
         rows = []
         with httpx.Client(base_url=stack.base_url, timeout=600) as client:
             for _ in range(args.rounds):
@@ -103,9 +113,6 @@ def main() -> None:
                     print(f"{path.name:45s} e2e {rows[-1]['e2e']:.2f}s raw {rows[-1]['raw_sum']:.2f}s "
                           f"ratio {rows[-1]['e2e'] / rows[-1]['raw_sum']:.3f}", flush=True)
         report(rows)
-    finally:
-        stack.stop()
-        redis_proc.terminate()
 
 
 def warm(raw: RawEngines, llm: Any) -> None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,12 +23,11 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.pipeline import RawEngines, clips, machine, pct, warm  # noqa: E402
+from bench.pipeline import RawEngines, bench_stack, clips, machine, pct, warm  # noqa: E402
 from services.llm import prompts  # noqa: E402
 from services.llm.config import LlmSettings  # noqa: E402
-from shared import answer_cache, redis_server  # noqa: E402
+from shared import answer_cache  # noqa: E402
 from shared.sentences import SentenceSplitter  # noqa: E402
-from tests.stack import Stack, free_port  # noqa: E402
 
 
 def raw_first_audio(raw: RawEngines, path: Path, llm: LlmSettings, language: str) -> tuple[float, float]:
@@ -106,15 +103,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--concurrency", type=int, default=4)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="vq-bench-stream-"))
-    port = free_port()
-    redis_proc = subprocess.Popen(redis_server.command(port, tmp / "redis"), stdout=subprocess.DEVNULL)
-    llm = LlmSettings()
-    stack = Stack(f"redis://127.0.0.1:{port}/0", tmp / "logs")
-    try:
-        stack.start(extra_env={"VQ_LLM_TEMPERATURE": "0"})
+    with bench_stack("vq-bench-stream-") as (stack, raw, llm, port):
         conn = redis.Redis(port=port)
-        raw = RawEngines(stack.llm_base_url, llm.llm_api_key.get_secret_value(), llm.llm_max_tokens)
         rows: list[dict[str, float]] = []
         with httpx.Client(base_url=stack.base_url, timeout=600) as client:
             for path in clips(args.limit):
@@ -149,9 +139,6 @@ def main() -> None:
         conc = statistics.median(r["ttfa"] for r in concurrent)
         print(f"{args.concurrency} concurrent callers: median TTFA {conc:.3f} s = {conc / base:.2f}x the "
               "single-caller baseline (2 cores, one llama.cpp server: the LLM serialises)")
-    finally:
-        stack.stop()
-        redis_proc.terminate()
 
 
 def forget_answers(conn: redis.Redis) -> None:

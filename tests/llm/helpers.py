@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
+from prometheus_client import REGISTRY
+
 from services.llm.config import LlmSettings
+from shared import events
 
 API_KEY = "sk-test-local"
 
@@ -22,3 +26,16 @@ def settings_for(base_url: str, redis_url: str, **overrides: Any) -> LlmSettings
         "llm_timeout_s": 5.0,
     }
     return LlmSettings(**(values | overrides))
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def all_events(conn: redis.Redis, job_id: str) -> list[events.Event]:
+    out: list[events.Event] = []
+    after = "0-0"
+    while batch := events.read(conn, job_id, after):
+        out += batch
+        after = batch[-1][0]
+    return out

@@ -10,27 +10,13 @@ from typing import Any
 
 import pytest
 import redis
-from prometheus_client import REGISTRY
 
 from services.llm import tasks
 from services.llm.config import LlmSettings
 from services.llm.engines.openai_compat import OpenAICompatEngine
 from shared import events, jobs, stage
 from tests.fakes.openai_server import Fail, FakeOpenAI, Reply
-from tests.llm.helpers import API_KEY, settings_for
-
-
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def all_events(conn: redis.Redis, job_id: str) -> list[events.Event]:
-    out: list[events.Event] = []
-    after = "0-0"
-    while batch := events.read(conn, job_id, after):
-        out += batch
-        after = batch[-1][0]
-    return out
+from tests.llm.helpers import API_KEY, all_events, sample, settings_for
 
 
 def deltas(conn: redis.Redis, job_id: str) -> list[dict[str, Any]]:

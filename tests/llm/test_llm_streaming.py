@@ -8,32 +8,18 @@ from typing import Any
 
 import pytest
 import redis
-from prometheus_client import REGISTRY
 from rq import Queue
 
 from services.llm import tasks
 from services.llm.config import LlmSettings
-from shared import answer_cache, events, jobs, queues, sessions, stage
+from shared import answer_cache, jobs, queues, sessions, stage
 from shared.sentences import split
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.llm.helpers import API_KEY, settings_for
+from tests.llm.helpers import API_KEY, all_events, sample, settings_for
 
 REPLY = ("Sure. Your order left our warehouse this morning and is on its way to you now. "
          "It should arrive on Friday, between nine in the morning and five in the afternoon. "
          "You will get a text message with the tracking number. Is there anything else I can do?")
-
-
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def all_events(conn: redis.Redis, job_id: str) -> list[events.Event]:
-    out: list[events.Event] = []
-    after = "0-0"
-    while batch := events.read(conn, job_id, after):
-        out += batch
-        after = batch[-1][0]
-    return out
 
 
 def chat_job(conn: redis.Redis, text: str, kind: str = "chat", **options: Any) -> str:
