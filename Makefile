@@ -52,6 +52,7 @@ test: lint models
 bench: models
 	$(PY) bench/pipeline.py
 	$(PY) bench/streaming.py
+	$(PY) bench/batch.py
 	$(PY) bench/worker_overhead.py
 
 clean:

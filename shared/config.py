@@ -40,6 +40,10 @@ class CommonSettings(BaseSettings):
         2.0, description="Extra rq timeout per second of input audio (CPU ASR runs about 0.1-0.5x real time)."
     )
 
+    job_timeout_llm_s: float = Field(
+        900.0, description="rq job timeout for the llm stage (a reply, or a call analysis of several requests)."
+    )
+
     retry_max_attempts: int = Field(5, description="Attempts per call to an outside API (LLM, edge-tts).")
     retry_total_s: float = Field(30.0, description="Upper bound on the time spent retrying one call.")
     retry_backoff_s: float = Field(0.5, description="First exponential backoff step.")

@@ -41,7 +41,11 @@ def rq_job_id(job_id: str, stage: str) -> str:
     return f"{job_id}_{stage}"
 
 
-def timeout_s(settings: CommonSettings, audio_s: float) -> int:
+def timeout_s(settings: CommonSettings, audio_s: float, stage: str = "asr") -> int:
+    """rq's hard limit for a stage: ASR and TTS scale with the audio; the LLM's with its own bound
+    (a structured call analysis is several non-streamed requests on a shared, possibly busy server)."""
+    if stage == "llm":
+        return int(settings.job_timeout_llm_s)
     return int(settings.job_timeout_base_s + settings.job_timeout_per_audio_s * audio_s)
 
 
@@ -61,7 +65,7 @@ def enqueue(
         TASKS[stage],
         job_id,
         job_id=rq_job_id(job_id, stage),
-        job_timeout=timeout_s(settings, audio_s),
+        job_timeout=timeout_s(settings, audio_s, stage),
         result_ttl=0,
         failure_ttl=settings.job_ttl_s,
         description=f"{stage} {job_id}",

@@ -23,7 +23,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import REGISTRY, start_http_server
@@ -89,12 +89,15 @@ def serve(
     preload: Callable[[], dict[str, float]],
     *,
     fork_safe: bool = True,
+    priorities: Sequence[str] = queues.PRIORITIES,
 ) -> None:
     """Load models, expose /metrics, then work `<stage>:live` before `<stage>:batch` until stopped.
 
     `preload` loads the engines and returns {model name: load seconds}. Jobs fork only when
-    `settings.worker_fork` asks for it and the engines are `fork_safe`.
+    `settings.worker_fork` asks for it and the engines are `fork_safe`. `priorities`: the queues
+    taken, in order (a live-only worker stays free for live turns while others work through a batch).
     """
+    names = [queues.name(stage, p) for p in priorities]
     fork = settings.worker_fork and fork_safe
     logs.setup(f"{stage}-worker", settings.log_level, settings.log_json)
     conn = connect(settings.redis_url, wait_s=30)
@@ -104,16 +107,16 @@ def serve(
     if fork:
         gc.collect()
         gc.freeze()  # keep the refcount/GC passes of job processes off the parent's (model) pages
-    REGISTRY.register(metrics.QueueDepthCollector(conn, queues.names_for(stage)))
+    REGISTRY.register(metrics.QueueDepthCollector(conn, queues.names_for(stage)))  # every queue of the stage
     start_http_server(metrics_port)
     worker_class = ForkingWorker if fork else InProcessWorker
     worker = worker_class(
-        queues.names_for(stage),
+        names,
         connection=conn,
         job_monitoring_interval=settings.worker_job_monitoring_interval_s,
         maintenance_interval=settings.worker_maintenance_interval_s,
     )
-    log.info("worker ready", extra={"stage": stage, "mode": "fork" if fork else "in-process"})
+    log.info("worker ready", extra={"stage": stage, "mode": "fork" if fork else "in-process", "queues": names})
     worker.work(with_scheduler=True, logging_level=settings.log_level.upper())
 
 

@@ -58,16 +58,16 @@ class Stack:
     def llm_base_url(self) -> str:
         return self.env["VQ_LLM_BASE_URL"]
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen([_voicequeue(), *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen([_voicequeue(), *args], env={**self.env, **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
 
     def start(self, llm_base_url: str | None = None, extra_env: dict[str, str] | None = None) -> Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("gateway", "asr", "llm", "tts", "llm-server"):
+        for name in ("gateway", "asr", "asr-batch", "llm", "tts", "llm-server"):
             self.ports[name] = free_port()
         self.env = {
             **os.environ,
@@ -83,7 +83,12 @@ class Stack:
         }
         if llm_base_url is None:
             self.spawn("llm-server", "llm-server")
-        for stage in ("asr", "llm", "tts"):
+        # As the Procfile: a live-only ASR worker and a niced batch one, so live turns never wait on a batch.
+        self.spawn("worker-asr", "worker", "asr", env={"VQ_ASR_WORKER_PRIORITIES": '["live"]'})
+        self.spawn("worker-asr-batch", "worker", "asr", env={
+            "VQ_ASR_WORKER_PRIORITIES": '["batch"]', "VQ_ASR_WORKER_NICE": "19",
+            "VQ_ASR_METRICS_PORT": str(self.ports["asr-batch"])})
+        for stage in ("llm", "tts"):
             self.spawn(f"worker-{stage}", "worker", stage)
         gateway = self.spawn("gateway", "gateway")
         wait_http(f"{self.base_url}/healthz", 60, gateway)

@@ -113,7 +113,14 @@ def work(ctx: StageContext) -> dict[str, Any]:
         metrics.observe(metrics.RTF, elapsed / duration, stage="asr")
     metrics.inc(metrics.AUDIO_SECONDS, duration, stage="asr")  # seconds of recording, not of passes
     jobs.add_cost(ctx.conn, ctx.job_id, audio_s=duration)
-    return result(passes, asr, elapsed)
+    out = result(passes, asr, elapsed)
+    out["batched"] = _batch_size(settings, job) > 0
+    return out
+
+
+def _batch_size(settings: AsrSettings, job: dict[str, Any]) -> int:
+    """Windows decoded at once: recorded calls go for throughput, live turns for their first words soonest."""
+    return settings.asr_batch_size if job.get("priority") == "batch" else 0
 
 
 def transcribe(ctx: StageContext, settings: AsrSettings, asr: AsrEngine, track: channels.Track, language: str | None,
@@ -142,7 +149,8 @@ def transcribe(ctx: StageContext, settings: AsrSettings, asr: AsrEngine, track: 
 
     transcript = asr.transcribe(track.samples, language=language, beam_size=settings.asr_beam_size,
                                 vad=settings.asr_vad, hotwords=_hotwords(ctx.job["options"]),
-                                initial_prompt=prompt, on_segment=on_segment)
+                                initial_prompt=prompt, on_segment=on_segment,
+                                batch_size=_batch_size(settings, ctx.job))
     if detected:
         transcript.language_probability = detected[1]
     return transcript

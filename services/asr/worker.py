@@ -6,6 +6,8 @@ shared/worker.py), so a forking worker would reload the model in every job.
 
 from __future__ import annotations
 
+import os
+
 from services.asr import tasks
 from services.asr.config import AsrSettings
 from shared.worker import serve
@@ -13,11 +15,14 @@ from shared.worker import serve
 
 def main() -> None:
     settings = AsrSettings()
+    if settings.asr_worker_nice:
+        os.nice(settings.asr_worker_nice)  # before loading: CTranslate2's threads inherit it
 
     def preload() -> dict[str, float]:
         return tasks.preload(settings, forking=False)
 
-    serve("asr", settings, settings.asr_metrics_port, preload, fork_safe=False)
+    serve("asr", settings, settings.asr_metrics_port, preload, fork_safe=False,
+          priorities=settings.asr_worker_priorities)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY, Counter, Histogram
 
 from services.gateway import errors
 from services.gateway.config import GatewaySettings
-from services.gateway.routes import audio, chat, health, jobs, sessions, speech, transcriptions, turns, web
+from services.gateway.routes import audio, batches, chat, health, jobs, sessions, speech, transcriptions, turns, web
 from shared import metrics, queues
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app = FastAPI(title="voicequeue", version="0.1.0", lifespan=lifespan,
                   description="Voice back-end: audio in, transcripts, answers and spoken replies out.")
     errors.install(app)
-    for module in (turns, chat, speech, transcriptions, jobs, audio, sessions, health, web):
+    for module in (turns, chat, speech, transcriptions, jobs, audio, batches, sessions, health, web):
         app.include_router(module.router)
 
     @app.middleware("http")

@@ -27,6 +27,10 @@ class GatewaySettings(CommonSettings):
     stream_first_chunk_wait_s: float = Field(
         300.0, description="How long GET /v1/jobs/{id}/audio/stream waits for the first audio chunk (504 after)."
     )
+    batch_max_audio_s: float = Field(
+        2 * 3600, description="Longest recording a batch accepts; longer calls are recorded as failed (too_long)."
+    )
+    batch_max_files: int = Field(1000, description="Most calls one batch may hold (413 past it).")
     gateway_voices: list[str] = Field(
         default_factory=lambda: ["en_US-joe-medium"],
         description="Local (piper) voice names requests may ask for (JSON list in VQ_GATEWAY_VOICES). Edge "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 
@@ -79,4 +80,30 @@ class LlmSettings(CommonSettings):
     llm_server_ctx: int = Field(4096, ge=256, description="Context window of the local server, in tokens.")
     llm_server_model_path: Path | None = Field(
         None, description="GGUF model for the local server; default: the bundled Qwen2.5-Coder-1.5B-Instruct Q4."
+    )
+
+    llm_analysis_attempts: int = Field(
+        3, ge=1, description="Requests per call analysis (or per chunk of it) before an answer that is not valid "
+        "JSON for the schema fails the job with reason analysis_invalid. Each retry feeds the error back."
+    )
+    llm_analysis_max_chars: int = Field(
+        6000, ge=200, description="Longest transcript analysed in one request; longer ones are analysed in "
+        "chunks of at most this size, then merged. A CJK character counts as four (about one token each)."
+    )
+    llm_analysis_json_mode: Literal["schema", "json_object", "off"] = Field(
+        "schema", description="How the server is asked for JSON: 'schema' sends the CallAnalysis JSON schema "
+        "as a grammar (llama-cpp-python's response_format extension), 'json_object' plain JSON mode "
+        "(OpenAI and most others), 'off' relies on the prompt alone. The answer is validated either way."
+    )
+    llm_analysis_max_tokens: int = Field(600, ge=50, description="Cap on tokens of one analysis answer.")
+    llm_analysis_temperature: float = Field(
+        0.2, ge=0.0, le=2.0, description="Sampling temperature of analyses (low: facts, not style)."
+    )
+    llm_analysis_timeout_s: float = Field(
+        300.0, gt=0, description="Longest wait for one whole (unstreamed) analysis answer; a CPU model reads a "
+        "long transcript for tens of seconds before it writes."
+    )
+    llm_analysis_mono_speakers: list[str] = Field(
+        ["agent", "customer"], min_length=1, description="Speakers given a sentiment when the transcript "
+        "has no speaker labels (mono audio, no diarisation): the model tells them apart from what they say."
     )

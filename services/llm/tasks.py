@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from services.llm import embeddings, prompts
+from services.llm import analysis, embeddings, prompts
 from services.llm.config import LlmSettings
 from services.llm.embeddings import MiniLM
 from services.llm.engines.base import ChatEngine, ChatResult
@@ -48,6 +48,8 @@ def run(job_id: str) -> None:
 def work(ctx: StageContext) -> dict[str, Any]:
     if ENGINE is None or SETTINGS is None:
         raise RuntimeError("services.llm.tasks.setup() was not called")
+    if ctx.job["options"].get("analysis"):
+        return analysis.work(ctx, SETTINGS, ENGINE)  # a recorded call: structured analysis, no spoken reply
     job = ctx.job
     text = user_text(job)
     language = caller_language(job)

@@ -23,7 +23,9 @@ def _up(args: argparse.Namespace) -> int:
     from shared import models
 
     settings = GatewaySettings()
-    procs = ["asr", "llm", "tts", "gateway"]
+    # A live-only ASR worker beside a niced batch one: an in-process worker cannot stop mid-recording,
+    # so a live turn must never queue behind an hour-long call (see docs/benchmarks.md).
+    procs = ["asr", "asr-batch", "llm", "tts", "gateway"]
     if "VQ_REDIS_URL" not in os.environ:
         procs.insert(0, "redis")
     if "VQ_LLM_BASE_URL" not in os.environ:
@@ -134,6 +136,54 @@ def _faq_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace) -> int:
+    import httpx
+
+    try:
+        return int(args.batch_fn(args))
+    except httpx.HTTPError as exc:
+        print(f"voicequeue batch: gateway at {args.url}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _default_url() -> str:
+    from services.gateway.config import GatewaySettings
+
+    settings = GatewaySettings()
+    host = "127.0.0.1" if settings.gateway_host in ("0.0.0.0", "::") else settings.gateway_host
+    return f"http://{host}:{settings.gateway_port}"
+
+
+def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from shared.cli import batch
+
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--url", default=None, help="gateway base URL (default: from VQ_GATEWAY_HOST/PORT)")
+    top = sub.add_parser("batch", help="recorded calls in bulk: submit, status, export")
+    bsub = top.add_subparsers(dest="batch_command", required=True)
+    submit = bsub.add_parser("submit", parents=[parent], help="submit files, directories or a manifest; "
+                             "resumable (re-run the same command after an interrupt)")
+    submit.add_argument("paths", nargs="+", help="audio files, directories (recursive) or manifest .tsv/.csv "
+                        "(column 'file', relative to the manifest; optional 'language')")
+    submit.add_argument("--out", default="results.jsonl", help="JSONL results; its .state.json makes resuming work")
+    submit.add_argument("--summarize", action="store_true", help="also run the LLM analysis of each call")
+    submit.add_argument("--language", default=None, help="ISO code for every call (default: detected)")
+    submit.add_argument("--hotwords", default=None, help="words the recogniser should favour")
+    submit.add_argument("--channel-speakers", default=None, help="stereo speaker names, e.g. agent,customer")
+    submit.add_argument("--poll", type=float, default=1.0, help="seconds between progress checks")
+    submit.add_argument("--quiet", action="store_true", help="no progress bar")
+    submit.set_defaults(fn=_batch, batch_fn=batch.submit)
+    status = bsub.add_parser("status", parents=[parent], help="counts, audio hours, ETA and failures of a batch")
+    status.add_argument("id")
+    status.add_argument("--json", action="store_true", help="the raw status document")
+    status.set_defaults(fn=_batch, batch_fn=batch.status)
+    export = bsub.add_parser("export", parents=[parent], help="write a batch's results into a directory")
+    export.add_argument("id")
+    export.add_argument("--format", choices=["jsonl", "csv", "srt", "vtt"], default="jsonl")
+    export.add_argument("--out", type=Path, required=True, help="directory (srt/vtt: one file per call)")
+    export.set_defaults(fn=_batch, batch_fn=batch.export)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="voicequeue", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -167,11 +217,14 @@ def parser() -> argparse.ArgumentParser:
                       "name no language (default: en and none)")
     load.add_argument("--ttl", type=int, default=None, help="seconds to keep them (default: VQ_LLM_FAQ_TTL_S)")
     load.set_defaults(fn=_faq_load)
+    _add_batch(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if getattr(args, "batch_command", None) and args.url is None:
+        args.url = _default_url()
     sys.exit(args.fn(args))
 
 

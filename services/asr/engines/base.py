@@ -80,6 +80,12 @@ class AsrEngine(Protocol):
         hotwords: str | None = None,
         initial_prompt: str | None = None,
         on_segment: OnSegment | None = None,
+        batch_size: int = 0,
     ) -> Transcript:
-        """`audio`: float32 numpy array, 16 kHz mono. `on_segment` sees each segment as soon as it is decoded."""
+        """`audio`: float32 numpy array, 16 kHz mono. `on_segment` sees each segment as soon as it is decoded.
+
+        `batch_size` > 0: cut the audio at VAD pauses into windows of up to 30 s and decode that many
+        windows at once (throughput for recorded calls); 0: whisper's own sequential, sliding-window
+        decode (the first segment soonest, for live turns). An engine without a batched decode may ignore it.
+        """
         ...

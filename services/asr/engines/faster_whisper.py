@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from faster_whisper import WhisperModel
+from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.vad import get_vad_model
 
 from services.asr.engines.base import Confidence, OnSegment, Segment, Transcript
@@ -98,12 +98,22 @@ class FasterWhisperEngine:
         hotwords: str | None = None,
         initial_prompt: str | None = None,
         on_segment: OnSegment | None = None,
+        batch_size: int = 0,
     ) -> Transcript:
         whisper = self._ready()
-        pieces, info = whisper.transcribe(
-            audio, language=language, beam_size=beam_size, vad_filter=vad,
-            hotwords=hotwords or None, initial_prompt=initial_prompt or None,
-        )
+        if batch_size > 0:
+            # Windows are cut at VAD pauses, never inside a word, so nothing is lost or repeated at their
+            # edges. The cut needs the VAD whatever `vad` says (the pipeline refuses audio over 30 s
+            # without it); the pipeline is a thin wrapper over the loaded model, made per call.
+            pieces, info = BatchedInferencePipeline(whisper).transcribe(
+                audio, language=language, beam_size=beam_size, vad_filter=True, batch_size=batch_size,
+                hotwords=hotwords or None, initial_prompt=initial_prompt or None,
+            )
+        else:
+            pieces, info = whisper.transcribe(
+                audio, language=language, beam_size=beam_size, vad_filter=vad,
+                hotwords=hotwords or None, initial_prompt=initial_prompt or None,
+            )
         segments = []
         for piece in pieces:  # a generator: each segment is decoded on demand
             segment = self._segment(piece)

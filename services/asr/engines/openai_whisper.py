@@ -95,6 +95,7 @@ class OpenAIWhisperEngine:
         hotwords: str | None = None,
         initial_prompt: str | None = None,
         on_segment: OnSegment | None = None,
+        batch_size: int = 0,  # no batched decode in openai-whisper: always sequential
     ) -> Transcript:
         whisper = _whisper()
         model = self._ready()

@@ -1,0 +1,219 @@
+"""A batch of recorded calls: one Redis hash naming its member jobs.
+
+Fields of `vq:batch:<id>`: `meta` (options, created_at), `n` (members so far),
+`member:<seq>` (file, hash, duration_s, job_id — or the reason the file was
+refused) and `hash:<sha256>` → seq, so the same recording sent twice (a
+resumed upload) is one call. Counts, audio seconds and the ETA are derived
+from the member jobs' records on every read, never stored twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import secrets
+import time
+from typing import Any
+
+import redis
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job as RqJob
+
+from shared import events, jobs, queues
+from shared.blobs import RedisBlobStore
+from shared.config import CommonSettings
+
+KIND = "call"
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def key(batch_id: str) -> str:
+    return f"vq:batch:{batch_id}"
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def plan(options: dict[str, Any]) -> list[str]:
+    return ["asr", "llm"] if options.get("analysis") else ["asr"]
+
+
+def create(conn: redis.Redis, options: dict[str, Any], ttl_s: int) -> str:
+    batch_id = secrets.token_urlsafe(12)
+    meta = {"options": options, "created_at": time.time()}
+    pipe = conn.pipeline()
+    pipe.hset(key(batch_id), mapping={"meta": json.dumps(meta, ensure_ascii=False), "n": 0})
+    pipe.expire(key(batch_id), ttl_s)
+    pipe.execute()
+    return batch_id
+
+
+def meta(conn: redis.Redis, batch_id: str) -> dict[str, Any] | None:
+    raw = conn.hget(key(batch_id), "meta")
+    return json.loads(_text(raw)) if raw else None
+
+
+def claim(conn: redis.Redis, batch_id: str, sha: str) -> tuple[int, dict[str, Any] | None]:
+    """A seq for new content, or the member already holding it (None while its job is being created)."""
+    held = conn.hget(key(batch_id), f"hash:{sha}")
+    if held is None:
+        seq = int(conn.hincrby(key(batch_id), "n", 1))
+        if conn.hsetnx(key(batch_id), f"hash:{sha}", seq):
+            return seq, None
+        held = conn.hget(key(batch_id), f"hash:{sha}")
+    seq = int(_text(held or b"0"))
+    raw = conn.hget(key(batch_id), f"member:{seq}")
+    return seq, json.loads(_text(raw)) if raw else {"seq": seq, "hash": sha, "pending": True}
+
+
+def put_member(conn: redis.Redis, batch_id: str, seq: int, member: dict[str, Any], ttl_s: int) -> dict[str, Any]:
+    member = {**member, "seq": seq}
+    pipe = conn.pipeline()
+    pipe.hset(key(batch_id), f"member:{seq}", json.dumps(member, ensure_ascii=False))
+    pipe.expire(key(batch_id), ttl_s)
+    pipe.execute()
+    return member
+
+
+def add_call(
+    conn: redis.Redis,
+    settings: CommonSettings,
+    batch_id: str,
+    seq: int,
+    *,
+    data: bytes,
+    content_type: str,
+    filename: str,
+    sha: str,
+    info: dict[str, Any],
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """Store one accepted recording and enqueue its job on `asr:batch`."""
+    job_id = jobs.new_id()
+    blob_id = RedisBlobStore(conn).put(data, content_type, settings.blob_ttl_s)
+    inputs = {"blob_id": blob_id, "filename": filename, **info}
+    call_plan = plan(options)
+    pipe = conn.pipeline()
+    jobs.create(conn, kind=KIND, priority="batch", inputs=inputs, options={**options, "batch_id": batch_id},
+                ttl_s=settings.job_ttl_s, plan=call_plan, job_id=job_id, pipe=pipe)
+    events.append(pipe, job_id, "job.created", {"kind": KIND, "plan": call_plan}, settings.job_ttl_s)
+    pipe.execute()
+    member = put_member(conn, batch_id, seq, {"file": filename, "hash": sha, "duration_s": info["duration_s"],
+                                              "job_id": job_id}, settings.job_ttl_s)
+    queues.enqueue(conn, settings, job_id, call_plan[0], "batch", float(info["duration_s"]))
+    return member
+
+
+def members(conn: redis.Redis, batch_id: str) -> list[dict[str, Any]]:
+    raw = conn.hgetall(key(batch_id))
+    found = [json.loads(_text(v)) for k, v in raw.items() if _text(k).startswith("member:")]
+    return sorted(found, key=lambda m: int(m["seq"]))
+
+
+def _state(member: dict[str, Any], record: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+    """A member's status and error. A finished call with no words is failed: the recording was silent."""
+    if "job_id" not in member:
+        return "failed", member.get("error")
+    if record is None:
+        return "failed", {"reason": "expired", "message": "the call's job record has expired"}
+    if record["status"] == "done" and not (record["results"].get("asr") or {}).get("text", "").strip():
+        return "failed", {"reason": "no_speech", "message": "no speech was found in the recording"}
+    return record["status"], record["error"]
+
+
+def records(conn: redis.Redis, found: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    return [jobs.load(conn, m["job_id"]) if "job_id" in m else None for m in found]
+
+
+def _finished_at(record: dict[str, Any] | None) -> float:
+    if record is None:
+        return 0.0
+    return max((float(s.get("finished_at") or 0.0) for s in record["stages"].values()), default=0.0)
+
+
+def summary(conn: redis.Redis, batch_id: str) -> dict[str, Any] | None:
+    info = meta(conn, batch_id)
+    if info is None:
+        return None
+    found = members(conn, batch_id)
+    recs = records(conn, found)
+    counts = dict.fromkeys(STATUSES, 0)
+    done_s = total_s = pending_s = 0.0
+    failures = []
+    last = 0.0
+    for member, record in zip(found, recs, strict=True):
+        status, error = _state(member, record)
+        counts[status] = counts.get(status, 0) + 1
+        duration = float(member.get("duration_s") or 0.0)
+        total_s += duration
+        if status in ("queued", "running"):
+            pending_s += duration
+        elif status == "done":
+            done_s += duration
+        if status == "failed":
+            failures.append({"file": member.get("file"), "hash": member.get("hash"), "job_id": member.get("job_id"),
+                             "reason": (error or {}).get("reason"), "message": (error or {}).get("message")})
+        last = max(last, _finished_at(record))
+    finished = pending_s == 0 and counts["queued"] == counts["running"] == 0
+    elapsed = max((last if finished else time.time()) - info["created_at"], 1e-6)
+    rate = done_s / elapsed
+    eta = 0.0 if finished else (pending_s / rate if rate > 0 else None)
+    return {
+        "id": batch_id, "created_at": info["created_at"], "options": info["options"], "calls": len(found),
+        "counts": counts, "finished": finished, "partial": finished and counts["failed"] > 0,
+        "audio_s_done": round(done_s, 3), "audio_s_total": round(total_s, 3), "elapsed_s": round(elapsed, 3),
+        "audio_s_per_s": round(rate, 4), "eta_s": None if eta is None else round(eta, 1), "failures": failures,
+    }
+
+
+def _timings(record: dict[str, Any]) -> dict[str, Any]:
+    stages = record["stages"]
+    out: dict[str, Any] = {f"{name}_s": stages[name].get("run_s") for name in stages}
+    out["queue_wait_s"] = (stages.get("asr") or {}).get("queue_wait_s")
+    if (end := _finished_at(record)) and record.get("created_at"):
+        out["total_s"] = round(end - record["created_at"], 3)
+    return out
+
+
+def result(member: dict[str, Any], record: dict[str, Any] | None) -> dict[str, Any]:
+    """One call's row: what JSONL holds and CSV, SRT and VTT are made from."""
+    status, error = _state(member, record)
+    asr = (record or {}).get("results", {}).get("asr") or {}
+    llm = (record or {}).get("results", {}).get("llm") or {}
+    return {
+        "file": member.get("file"), "hash": member.get("hash"), "job_id": member.get("job_id"), "status": status,
+        "duration_s": member.get("duration_s"), "language": asr.get("language"), "channels": asr.get("channels"),
+        "segments": [{"start": s["start"], "end": s["end"], "speaker": s.get("speaker"), "text": s["text"],
+                      "low_confidence": s.get("low_confidence", False)} for s in asr.get("segments", [])],
+        "text": asr.get("text"), "analysis": llm.get("analysis"),
+        "timings": _timings(record) if record else {}, "error": error,
+    }
+
+
+def results(conn: redis.Redis, batch_id: str) -> list[dict[str, Any]]:
+    found = members(conn, batch_id)
+    return [result(m, r) for m, r in zip(found, records(conn, found), strict=True)]
+
+
+def cancel(conn: redis.Redis, settings: CommonSettings, batch_id: str) -> int:
+    """Cancel the calls no worker has started; running and finished ones are left alone."""
+    cancelled = 0
+    for member in members(conn, batch_id):
+        job_id = member.get("job_id")
+        if not job_id or jobs.status(conn, job_id) != "queued":
+            continue
+        pipe = conn.pipeline()
+        jobs.put_status(pipe, job_id, "cancelled")
+        events.append(pipe, job_id, "job.cancelled", {"id": job_id}, settings.job_ttl_s)
+        pipe.execute()
+        # The worker skips a cancelled job anyway; deleting its rq job just frees the queue.
+        with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
+            RqJob.fetch(queues.rq_job_id(job_id, "asr"), connection=conn).delete()
+        cancelled += 1
+    return cancelled
