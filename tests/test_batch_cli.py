@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from services.llm import analysis
 from shared.textnorm import cer, wer
 from tests.stack import Stack
 
@@ -121,7 +120,6 @@ def test_manifest_with_languages_and_refusals(stack: Stack, speech: Path, refere
 
 
 def test_summarize_validates_for_every_call(stack: Stack, speech: Path, tmp_path: Path) -> None:
-    analysis = pytest.importorskip("services.llm.analysis")
     names = ["en_short/fw_stereo_diarization.wav", "en_short/cold_corpus.wav"]
     out = tmp_path / "s.jsonl"
     result = run("submit", *(str(speech / n) for n in names), "--summarize", "--language", "en",

@@ -14,7 +14,12 @@ from tests.stack import Stack
 CHROMIUM = Path("/usr/bin/chromium")
 CLIP = "en_short/LDC93S1.wav"  # "She had your dark suit in greasy wash water all year", 2.9 s
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _chromium_installed() -> None:
+    # Fail, never skip: .ci/run installs Debian's chromium, and a missing browser must not pass silently.
+    assert CHROMIUM.exists(), "Debian chromium is not installed (apt-get install chromium; see .ci/run)"
 
 
 def _fake_mic_file(speech: Path) -> Path:
