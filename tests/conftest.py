@@ -77,16 +77,23 @@ def conn(redis_url: str) -> Iterator[redis.Redis]:
     c.close()
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The whole stack as real processes (llama.cpp server, asr/llm/tts workers, gateway), shared by the
-    gateway and browser tests. Its own Redis: other tests' workers must not take its jobs, nor it theirs."""
-    with running_redis(tmp_path_factory.mktemp("stack-redis")) as url:
-        s = Stack(url, tmp_path_factory.mktemp("stack-logs"))
+@contextlib.contextmanager
+def started_stack(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Stack]:
+    """The whole stack as real processes (llama.cpp server, asr/llm/tts workers, gateway) on its own
+    Redis: other tests' workers must not take its jobs, nor it theirs."""
+    with running_redis(tmp_path_factory.mktemp(f"{name}-redis")) as url:
+        s = Stack(url, tmp_path_factory.mktemp(f"{name}-logs"))
         try:
             yield s.start()
         finally:
             s.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Shared by the gateway, browser and batch tests."""
+    with started_stack(tmp_path_factory, "stack") as s:
+        yield s
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO, running_redis
+from tests.conftest import REPO, started_stack
 from tests.stack import Stack, free_port
 
 DEPLOY = REPO / "deploy"
@@ -47,13 +47,9 @@ def loopback_config(stack: Stack, rule_file: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def deploy_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The real stack on its own Redis, so no other test's workers take its jobs."""
-    with running_redis(tmp_path_factory.mktemp("deploy-redis")) as url:
-        stack = Stack(url, tmp_path_factory.mktemp("deploy-logs"))
-        try:
-            yield stack.start()
-        finally:
-            stack.stop()
+    """A stack of its own: the Prometheus test counts jobs from zero."""
+    with started_stack(tmp_path_factory, "deploy") as stack:
+        yield stack
 
 
 class Prometheus:

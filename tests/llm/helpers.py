@@ -7,8 +7,9 @@ from typing import Any
 import redis
 from prometheus_client import REGISTRY
 
+from services.llm import tasks
 from services.llm.config import LlmSettings
-from shared import events
+from shared import events, jobs, stage
 
 API_KEY = "sk-test-local"
 
@@ -39,3 +40,11 @@ def all_events(conn: redis.Redis, job_id: str) -> list[events.Event]:
         out += batch
         after = batch[-1][0]
     return out
+
+
+def run_llm(conn: redis.Redis, settings: LlmSettings, job_id: str) -> dict[str, Any]:
+    tasks.setup(settings)
+    stage.run("llm", job_id, conn, settings, tasks.work)
+    record = jobs.load(conn, job_id)
+    assert record is not None
+    return record

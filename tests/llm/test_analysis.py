@@ -8,12 +8,11 @@ from typing import Any
 
 import redis
 
-from services.llm import analysis, tasks
+from services.llm import analysis
 from services.llm.analysis import CallAnalysis
-from services.llm.config import LlmSettings
-from shared import jobs, stage
+from shared import jobs
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.llm.helpers import API_KEY, settings_for
+from tests.llm.helpers import API_KEY, run_llm, settings_for
 
 CALL = [  # (start, speaker, text): a short support call on two channels
     (0.0, "agent", "Thank you for calling Northwind Internet, this is Dana. How can I help you today?"),
@@ -50,14 +49,6 @@ def call_job(conn: redis.Redis, asr: dict[str, Any]) -> str:
                          options={"language": None, "analysis": True, "batch_id": "b1"}, ttl_s=3600)
     jobs.put_result(conn, job_id, "asr", asr)
     return job_id
-
-
-def run_llm(conn: redis.Redis, settings: LlmSettings, job_id: str) -> dict[str, Any]:
-    tasks.setup(settings)
-    stage.run("llm", job_id, conn, settings, tasks.work)
-    record = jobs.load(conn, job_id)
-    assert record is not None
-    return record
 
 
 def user_messages(body: dict[str, Any]) -> list[str]:

@@ -11,12 +11,10 @@ from typing import Any
 import pytest
 import redis
 
-from services.llm import tasks
-from services.llm.config import LlmSettings
 from services.llm.engines.openai_compat import OpenAICompatEngine
-from shared import events, jobs, stage
+from shared import events, jobs
 from tests.fakes.openai_server import Fail, FakeOpenAI, Reply
-from tests.llm.helpers import API_KEY, all_events, sample, settings_for
+from tests.llm.helpers import API_KEY, all_events, run_llm, sample, settings_for
 
 
 def deltas(conn: redis.Redis, job_id: str) -> list[dict[str, Any]]:
@@ -26,14 +24,6 @@ def deltas(conn: redis.Redis, job_id: str) -> list[dict[str, Any]]:
 def text_job(conn: redis.Redis, text: str, **options: Any) -> str:
     return jobs.create(conn, kind="chat_text", priority="live", inputs={"text": text},
                        options={"language": None, **options}, ttl_s=3600)
-
-
-def run_llm(conn: redis.Redis, settings: LlmSettings, job_id: str) -> dict[str, Any]:
-    tasks.setup(settings)
-    stage.run("llm", job_id, conn, settings, tasks.work)
-    record = jobs.load(conn, job_id)
-    assert record is not None
-    return record
 
 
 def test_reply_streams_deltas_in_order(conn: redis.Redis, redis_url: str) -> None:

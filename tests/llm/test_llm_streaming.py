@@ -10,12 +10,10 @@ import pytest
 import redis
 from rq import Queue
 
-from services.llm import tasks
-from services.llm.config import LlmSettings
-from shared import answer_cache, jobs, queues, sessions, stage
+from shared import answer_cache, jobs, queues, sessions
 from shared.sentences import split
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.llm.helpers import API_KEY, all_events, sample, settings_for
+from tests.llm.helpers import API_KEY, all_events, run_llm, sample, settings_for
 
 REPLY = ("Sure. Your order left our warehouse this morning and is on its way to you now. "
          "It should arrive on Friday, between nine in the morning and five in the afternoon. "
@@ -25,14 +23,6 @@ REPLY = ("Sure. Your order left our warehouse this morning and is on its way to 
 def chat_job(conn: redis.Redis, text: str, kind: str = "chat", **options: Any) -> str:
     return jobs.create(conn, kind=kind, priority="live", inputs={"text": text},
                        options={"language": "en", **options}, ttl_s=3600)
-
-
-def run_llm(conn: redis.Redis, settings: LlmSettings, job_id: str) -> dict[str, Any]:
-    tasks.setup(settings)
-    stage.run("llm", job_id, conn, settings, tasks.work)
-    record = jobs.load(conn, job_id)
-    assert record is not None
-    return record
 
 
 def queued_chunks(conn: redis.Redis, priority: str = "live") -> list[tuple[Any, ...]]:
