@@ -40,9 +40,6 @@ class LlmSettings(CommonSettings):
     )
     llm_connect_timeout_s: float = Field(5.0, gt=0, description="Longest wait to open a connection.")
     llm_system_prompt: str = Field(SYSTEM_PROMPT, description="System prompt: speech-friendly replies.")
-    llm_history_turns: int = Field(
-        10, ge=0, description="Most recent conversation turns (user + assistant pairs) sent with a request."
-    )
     llm_metrics_port: int = Field(9102, description="Port of the worker's Prometheus /metrics.")
 
     session_max_turns: int = Field(

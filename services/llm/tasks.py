@@ -153,7 +153,7 @@ def answer_from_llm(
     chunks: Chunks,
 ) -> dict[str, Any]:
     messages = prompts.build(text, system=settings.llm_system_prompt, language=language, history=history,
-                             turns=settings.llm_history_turns)
+                             turns=settings.session_max_turns)
     reply = engine.stream(messages)
     for index, delta in enumerate(reply):
         ctx.emit("llm.delta", {"text": delta, "index": index})
