@@ -10,13 +10,16 @@ from typing import Protocol
 
 import redis
 
+from shared.tenants import OPEN_TENANT
+
 
 def _as_bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
 class BlobStore(Protocol):
-    def put(self, data: bytes, content_type: str, ttl_s: int, blob_id: str | None = None) -> str: ...
+    def put(self, data: bytes, content_type: str, ttl_s: int, blob_id: str | None = None,
+            tenant: str = OPEN_TENANT) -> str: ...
     def get(self, blob_id: str) -> tuple[bytes, str] | None: ...
     def delete(self, *blob_ids: str) -> None: ...
 
@@ -29,10 +32,11 @@ class RedisBlobStore:
     def key(blob_id: str) -> str:
         return f"vq:blob:{blob_id}"
 
-    def put(self, data: bytes, content_type: str, ttl_s: int, blob_id: str | None = None) -> str:
+    def put(self, data: bytes, content_type: str, ttl_s: int, blob_id: str | None = None,
+            tenant: str = OPEN_TENANT) -> str:
         blob_id = blob_id or secrets.token_urlsafe(16)
         pipe = self.conn.pipeline()
-        pipe.hset(self.key(blob_id), mapping={"data": data, "type": content_type})
+        pipe.hset(self.key(blob_id), mapping={"data": data, "type": content_type, "tenant": tenant})
         pipe.expire(self.key(blob_id), ttl_s)
         pipe.execute()
         return blob_id
@@ -42,6 +46,13 @@ class RedisBlobStore:
         if data is None:
             return None
         return _as_bytes(data), _as_bytes(type_ or b"application/octet-stream").decode()
+
+    def tenant(self, blob_id: str) -> str | None:
+        """The tenant owning a blob, None if it does not exist (blobs written before tenants: the open one)."""
+        if not self.conn.exists(self.key(blob_id)):
+            return None
+        value = self.conn.hget(self.key(blob_id), "tenant")
+        return _as_bytes(value).decode() if value is not None else OPEN_TENANT
 
     def delete(self, *blob_ids: str) -> None:
         if blob_ids:

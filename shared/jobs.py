@@ -1,6 +1,6 @@
 """The job record: one Redis hash per request, keyed by an unguessable id.
 
-Fields: `meta` (kind, plan, priority, inputs, options), `status`, `error`,
+Fields: `meta` (kind, plan, priority, inputs, options, tenant), `status`, `error`,
 `created_at`, per stage `stage:<name>` (status, timings, attempts, error)
 and `result:<name>`, per streamed sentence `chunk:<seq>` (its audio), and
 `cost:<item>` counters. Each field is written on its own, so one stage writes
@@ -15,6 +15,8 @@ import time
 from typing import Any
 
 import redis
+
+from shared.tenants import OPEN_TENANT
 
 PLANS: dict[str, list[str]] = {
     "turn": ["asr", "llm", "tts"],
@@ -50,9 +52,11 @@ def create(
     plan: list[str] | None = None,
     job_id: str | None = None,
     pipe: redis.client.Pipeline | None = None,
+    tenant: str = OPEN_TENANT,
 ) -> str:
     job_id = job_id or new_id()
-    meta = {"kind": kind, "plan": plan or PLANS[kind], "priority": priority, "inputs": inputs, "options": options}
+    meta = {"kind": kind, "plan": plan or PLANS[kind], "priority": priority, "inputs": inputs, "options": options,
+            "tenant": tenant}
     p = pipe if pipe is not None else conn.pipeline()
     p.hset(
         key(job_id),
@@ -76,6 +80,7 @@ def load(conn: redis.Redis, job_id: str) -> dict[str, Any] | None:
         "kind": meta["kind"],
         "plan": meta["plan"],
         "priority": meta["priority"],
+        "tenant": meta.get("tenant", OPEN_TENANT),
         "status": fields.get("status", "queued"),
         "created_at": float(fields.get("created_at", 0)),
         "inputs": meta["inputs"],

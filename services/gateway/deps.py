@@ -8,7 +8,9 @@ import redis
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
+from services.gateway import auth
 from services.gateway.config import GatewaySettings
+from shared import logs
 from shared.blobs import RedisBlobStore
 
 
@@ -31,7 +33,19 @@ def get_blobs(conn: Annotated[redis.Redis, Depends(get_redis)]) -> RedisBlobStor
     return RedisBlobStore(conn)
 
 
+def get_tenant(request: Request) -> str:
+    """The caller's tenant; also left on `request.state.tenant` for logs and limits."""
+    tenant = getattr(request.state, "tenant", None)  # the admission middleware resolved it already
+    if tenant is None:
+        tenant = auth.resolve(request.app.state.redis, request.app.state.settings,
+                              request.headers.get("authorization"))
+        request.state.tenant = tenant
+    logs.bind(tenant=tenant)
+    return str(tenant)
+
+
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 AsyncRedisDep = Annotated[aioredis.Redis, Depends(get_aredis)]
 BlobsDep = Annotated[RedisBlobStore, Depends(get_blobs)]
+TenantDep = Annotated[str, Depends(get_tenant)]

@@ -22,17 +22,19 @@ def submit(
     upload: CheckedAudio | None = None,
     text: str | None = None,
     priority: str = "live",
+    tenant: str,
 ) -> str:
+    """The new job's id; the job and its stored audio belong to `tenant`."""
     job_id = jobs.new_id()
     inputs: dict[str, Any] = {}
     if upload is not None:
-        blob_id = RedisBlobStore(conn).put(upload.data, upload.content_type, settings.blob_ttl_s)
+        blob_id = RedisBlobStore(conn).put(upload.data, upload.content_type, settings.blob_ttl_s, tenant=tenant)
         inputs = {"blob_id": blob_id, "filename": upload.filename, **upload.info.as_dict()}
     if text is not None:
         inputs["text"] = text
     pipe = conn.pipeline()
     jobs.create(conn, kind=kind, priority=priority, inputs=inputs, options=options,
-                ttl_s=settings.job_ttl_s, job_id=job_id, pipe=pipe)
+                ttl_s=settings.job_ttl_s, job_id=job_id, pipe=pipe, tenant=tenant)
     events.append(pipe, job_id, "job.created", {"kind": kind, "plan": jobs.PLANS[kind]}, settings.job_ttl_s)
     pipe.execute()
     first = jobs.PLANS[kind][0]

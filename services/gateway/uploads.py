@@ -19,11 +19,13 @@ class CheckedAudio:
     content_type: str
 
 
-def read_audio(upload: UploadFile, settings: GatewaySettings, max_duration_s: float) -> CheckedAudio:
-    limit = settings.max_upload_bytes
+def read_audio(upload: UploadFile, settings: GatewaySettings, max_duration_s: float,
+               max_bytes: int | None = None) -> CheckedAudio:
+    """`max_bytes`: default the live upload limit; batches pass their own (recordings of up to hours)."""
+    limit = max_bytes or settings.max_upload_bytes
     data = upload.file.read(limit + 1)
     if len(data) > limit:
-        raise ApiError(413, "file_too_large", f"the file is larger than the {settings.max_upload_mb:g} MB limit")
+        raise ApiError(413, "file_too_large", f"the file is larger than the {limit / 2**20:g} MB limit")
     try:
         info = audio.probe(data, max_duration_s=max_duration_s)
     except audio.AudioError as exc:

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from shared import exports
+from shared.cli import http
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".wma",
                             ".amr", ".aif", ".aiff", ".au", ".caf", ".mka"})
@@ -174,7 +175,7 @@ def submit(args: Any) -> int:
     written = sum(1 for c in calls if state.calls.get(c.sha, {}).get("written"))
     bar = tqdm(total=len(calls), initial=written, unit="call", disable=args.quiet, file=sys.stderr)
     try:
-        with httpx.Client(base_url=args.url, timeout=600) as client:
+        with http.client(args.url, args.api_key, 600) as client:
             if state.data["batch_id"] and client.get(f"/v1/batches/{state.data['batch_id']}").status_code == 404:
                 # The server forgot the batch (expired, Redis wiped): resubmit what was not written.
                 state.data["batch_id"] = None
@@ -221,7 +222,7 @@ def _follow(client: httpx.Client, out: Path, state: State, by_hash: dict[str, Ca
 
 
 def status(args: Any) -> int:
-    with httpx.Client(base_url=args.url, timeout=60) as client:
+    with http.client(args.url, args.api_key, 60) as client:
         response = client.get(f"/v1/batches/{args.id}")
     if response.status_code == 404:
         print(f"voicequeue batch status: no batch {args.id!r}", file=sys.stderr)
@@ -238,7 +239,7 @@ def status(args: Any) -> int:
 
 
 def export(args: Any) -> int:
-    with httpx.Client(base_url=args.url, timeout=600) as client:
+    with http.client(args.url, args.api_key, 600) as client:
         response = client.get(f"/v1/batches/{args.id}/results", params={"format": "jsonl"})
     if response.status_code == 404:
         print(f"voicequeue batch export: no batch {args.id!r}", file=sys.stderr)

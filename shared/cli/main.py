@@ -67,7 +67,8 @@ def _gateway(args: argparse.Namespace) -> int:
     from shared import logs
 
     settings = GatewaySettings()
-    logs.setup("gateway", settings.log_level, settings.log_json)
+    logs.setup("gateway", settings.log_level, settings.log_json,
+               debug=settings.debug, redact_pii=settings.log_redact_pii)
     uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
                 log_config=None, access_log=False)
     return 0
@@ -159,6 +160,8 @@ def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--url", default=None, help="gateway base URL (default: from VQ_GATEWAY_HOST/PORT)")
+    parent.add_argument("--api-key", default=os.environ.get("VQ_API_KEY"),
+                        help="the tenant's API key when auth is on (default: $VQ_API_KEY)")
     top = sub.add_parser("batch", help="recorded calls in bulk: submit, status, export")
     bsub = top.add_subparsers(dest="batch_command", required=True)
     submit = bsub.add_parser("submit", parents=[parent], help="submit files, directories or a manifest; "
@@ -182,6 +185,12 @@ def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     export.add_argument("--format", choices=["jsonl", "csv", "srt", "vtt"], default="jsonl")
     export.add_argument("--out", type=Path, required=True, help="directory (srt/vtt: one file per call)")
     export.set_defaults(fn=_batch, batch_fn=batch.export)
+
+
+def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from shared.cli import keys
+
+    keys.add_parser(sub)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -218,6 +227,7 @@ def parser() -> argparse.ArgumentParser:
     load.add_argument("--ttl", type=int, default=None, help="seconds to keep them (default: VQ_LLM_FAQ_TTL_S)")
     load.set_defaults(fn=_faq_load)
     _add_batch(sub)
+    _add_keys(sub)
     return p
 
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from services.gateway import chunks
-from services.gateway.deps import AsyncRedisDep, BlobsDep, RedisDep, SettingsDep
+from services.gateway.deps import AsyncRedisDep, BlobsDep, RedisDep, SettingsDep, TenantDep
 from services.gateway.errors import ApiError
 from services.gateway.eventstream import follow
 from services.gateway.routes.jobs import load_or_404
@@ -23,9 +23,10 @@ _END: Any = object()
 
 
 @router.get("/v1/jobs/{job_id}/chunks/{seq}", responses={200: {"content": {"audio/wav": {}}}})
-def job_chunk(job_id: str, seq: Annotated[int, Path(ge=0)], conn: RedisDep, blobs: BlobsDep) -> Response:
+def job_chunk(job_id: str, seq: Annotated[int, Path(ge=0)], conn: RedisDep, blobs: BlobsDep,
+              tenant: TenantDep) -> Response:
     """One sentence of the reply as WAV, as soon as its `tts.chunk` event is out."""
-    load_or_404(conn, job_id)
+    load_or_404(conn, job_id, tenant)
     chunk = chunks.chunk_record(conn, job_id, seq)
     if chunk is None:
         raise ApiError(404, "chunk_not_found", f"job {job_id!r} has no audio chunk {seq} (yet)")
@@ -54,6 +55,7 @@ async def job_audio_stream(
     aconn: AsyncRedisDep,
     blobs: BlobsDep,
     settings: SettingsDep,
+    tenant: TenantDep,
     format: Annotated[Literal["wav", "pcm"], Query(description="wav (length unknown) or raw s16le PCM")] = "wav",
 ) -> StreamingResponse:
     """The reply audio as it is produced: each sentence's PCM in order, as soon as it is synthesized.
@@ -61,7 +63,7 @@ async def job_audio_stream(
     Answers once the first chunk exists (its rate goes in `X-Sample-Rate`), so a client starts playing
     while the LLM is still writing the rest of the answer.
     """
-    record = await asyncio.to_thread(load_or_404, conn, job_id)
+    record = await asyncio.to_thread(load_or_404, conn, job_id, tenant)
     if "tts" not in record["plan"]:
         raise ApiError(404, "no_audio", "this job does not produce audio")
     order = chunks.ChunkOrder()

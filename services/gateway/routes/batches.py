@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from starlette.datastructures import UploadFile as FormFile
 
 from services.gateway.config import GatewaySettings
-from services.gateway.deps import BlobsDep, RedisDep, SettingsDep
+from services.gateway.deps import BlobsDep, RedisDep, SettingsDep, TenantDep
 from services.gateway.errors import ApiError
 from services.gateway.uploads import check_language, read_audio
 from shared import batches, exports, jobs
@@ -63,9 +63,9 @@ def _call_options(options: dict[str, Any], form: Any) -> dict[str, Any]:
 
 
 def _accept(conn: redis.Redis, settings: GatewaySettings, batch_id: str, options: dict[str, Any],
-            upload: UploadFile) -> dict[str, Any]:
+            upload: UploadFile, tenant: str) -> dict[str, Any]:
     """One recording into the batch: a queued call, the call it duplicates, or a failed call with its reason."""
-    data = upload.file.read(settings.max_upload_bytes + 1)
+    data = upload.file.read(settings.batch_max_file_bytes + 1)
     upload.file.seek(0)
     sha = batches.content_hash(data)
     seq, existing = batches.claim(conn, batch_id, sha)
@@ -73,30 +73,33 @@ def _accept(conn: redis.Redis, settings: GatewaySettings, batch_id: str, options
         return {**existing, "duplicate": True}
     name = upload.filename or f"call-{seq}"
     try:
-        checked = read_audio(upload, settings, settings.batch_max_audio_s)
+        checked = read_audio(upload, settings, settings.batch_max_audio_s, settings.batch_max_file_bytes)
     except ApiError as exc:
         return batches.put_member(conn, batch_id, seq, {"file": name, "hash": sha, "duration_s": None,
                                                         "error": {"reason": exc.code, "message": exc.message}},
                                   settings.job_ttl_s)
     return batches.add_call(conn, settings, batch_id, seq, data=checked.data, content_type=checked.content_type,
-                            filename=name, sha=sha, info=checked.info.as_dict(), options=options)
+                            filename=name, sha=sha, info=checked.info.as_dict(), options=options, tenant=tenant)
 
 
 def _add(conn: redis.Redis, settings: GatewaySettings, batch_id: str, options: dict[str, Any],
-         uploads: list[UploadFile]) -> list[dict[str, Any]]:
+         uploads: list[UploadFile], tenant: str) -> list[dict[str, Any]]:
     held = int(conn.hget(batches.key(batch_id), "n") or 0)
     if held + len(uploads) > settings.batch_max_files:
         raise ApiError(413, "too_many_files", f"a batch holds at most {settings.batch_max_files} calls")
-    return [_accept(conn, settings, batch_id, options, u) for u in uploads]
+    return [_accept(conn, settings, batch_id, options, u, tenant) for u in uploads]
 
 
-def _stored_inputs(conn: redis.Redis, blobs: RedisBlobStore, ids: list[str]) -> list[UploadFile]:
-    """Audio already in the store, by job id or blob id, as uploads (so it is checked like one)."""
+def _stored_inputs(conn: redis.Redis, blobs: RedisBlobStore, ids: list[str], tenant: str) -> list[UploadFile]:
+    """The tenant's audio already in the store, by job id or blob id, as uploads (so it is checked like one).
+    Another tenant's ids are refused exactly like unknown ones."""
     found = []
     for ident in ids:
         record = jobs.load(conn, ident)
+        if record is not None and record["tenant"] != tenant:
+            record = None  # not this caller's job: the id may still name one of its blobs, which it cannot
         blob_id = record["inputs"].get("blob_id") if record else ident
-        blob = blobs.get(blob_id) if blob_id else None
+        blob = blobs.get(blob_id) if blob_id and blobs.tenant(blob_id) == tenant else None
         if blob is None:
             raise ApiError(400, "unknown_input", f"no uploaded audio with job or blob id {ident!r}")
         name = str(record["inputs"].get("filename") or ident) if record else ident
@@ -109,9 +112,18 @@ def _files(form: Any) -> list[UploadFile]:
     return [cast(UploadFile, f) for f in form.getlist("files") if isinstance(f, FormFile)]
 
 
-def _summary_or_404(conn: redis.Redis, batch_id: str) -> dict[str, Any]:
+def _meta_or_404(conn: redis.Redis, batch_id: str, tenant: str) -> dict[str, Any]:
+    """The batch's meta if `tenant` owns it; another tenant's batch is answered exactly like an unknown one."""
+    info = batches.owned_meta(conn, batch_id, tenant)
+    if info is None:
+        raise ApiError(404, "batch_not_found", f"no batch with id {batch_id!r}")
+    return info
+
+
+def _summary_or_404(conn: redis.Redis, batch_id: str, tenant: str) -> dict[str, Any]:
+    _meta_or_404(conn, batch_id, tenant)
     summary = batches.summary(conn, batch_id)
-    if summary is None:
+    if summary is None:  # expired in between
         raise ApiError(404, "batch_not_found", f"no batch with id {batch_id!r}")
     return summary
 
@@ -125,7 +137,8 @@ MULTIPART_SCHEMA = {"type": "object", "properties": {
 @router.post("/v1/batches", status_code=202, openapi_extra={"requestBody": {"content": {
     "multipart/form-data": {"schema": MULTIPART_SCHEMA},
     "application/json": {"schema": BatchInputs.model_json_schema()}}}})
-async def create_batch(request: Request, conn: RedisDep, blobs: BlobsDep, settings: SettingsDep) -> dict[str, Any]:
+async def create_batch(request: Request, conn: RedisDep, blobs: BlobsDep, settings: SettingsDep,
+                       tenant: TenantDep) -> dict[str, Any]:
     """Multipart `files` with option fields, or JSON `{inputs, options}`. Bad files become failed calls."""
     if request.headers.get("content-type", "").startswith("multipart/"):
         form: Any = await request.form(max_files=settings.batch_max_files + 1)
@@ -138,51 +151,58 @@ async def create_batch(request: Request, conn: RedisDep, blobs: BlobsDep, settin
             raise ApiError(400, "invalid_request", f"expected multipart files or JSON {{inputs, options}}: "
                            f"{exc.errors()[0]['msg']}") from exc
         opts, form = body.options, {}
-        uploads = await asyncio.to_thread(_stored_inputs, conn, blobs, body.inputs)
+        uploads = await asyncio.to_thread(_stored_inputs, conn, blobs, body.inputs, tenant)
     options = _job_options(opts)
     if not uploads:
         raise ApiError(400, "empty_batch", "the batch has no calls: send at least one file or input")
     if len(uploads) > settings.batch_max_files:
         raise ApiError(413, "too_many_files", f"a batch holds at most {settings.batch_max_files} calls")
-    batch_id = batches.create(conn, options, settings.job_ttl_s)
-    added = await asyncio.to_thread(_add, conn, settings, batch_id, _call_options(options, form), uploads)
+    batch_id = batches.create(conn, options, settings.job_ttl_s, tenant=tenant)
+    added = await asyncio.to_thread(_add, conn, settings, batch_id, _call_options(options, form), uploads, tenant)
     return {"id": batch_id, "calls": added}
 
 
 @router.post("/v1/batches/{batch_id}/files")
-async def add_files(batch_id: str, request: Request, conn: RedisDep, settings: SettingsDep) -> dict[str, Any]:
+async def add_files(batch_id: str, request: Request, conn: RedisDep, settings: SettingsDep,
+                    tenant: TenantDep) -> dict[str, Any]:
     """More recordings for an existing batch (clients upload one call a request); known content is not re-run."""
-    info = batches.meta(conn, batch_id)
-    if info is None:
-        raise ApiError(404, "batch_not_found", f"no batch with id {batch_id!r}")
+    info = _meta_or_404(conn, batch_id, tenant)
     form = await request.form(max_files=settings.batch_max_files + 1)
     uploads = _files(form)
     if not uploads:
         raise ApiError(400, "no_files", "send at least one file in the multipart field 'files'")
-    added = await asyncio.to_thread(_add, conn, settings, batch_id, _call_options(info["options"], form), uploads)
+    added = await asyncio.to_thread(_add, conn, settings, batch_id, _call_options(info["options"], form), uploads,
+                                    tenant)
     return {"id": batch_id, "calls": added}
 
 
 @router.get("/v1/batches/{batch_id}")
-def get_batch(batch_id: str, conn: RedisDep) -> dict[str, Any]:
+def get_batch(batch_id: str, conn: RedisDep, tenant: TenantDep) -> dict[str, Any]:
     """Counts by status, audio seconds done and total, throughput, ETA, and the failures with their reasons."""
-    return _summary_or_404(conn, batch_id)
+    return _summary_or_404(conn, batch_id, tenant)
 
 
 @router.get("/v1/batches/{batch_id}/results",
             responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}})
-def batch_results(batch_id: str, conn: RedisDep,
+def batch_results(batch_id: str, conn: RedisDep, tenant: TenantDep,
                   format: Annotated[Literal["jsonl", "csv"], Query()] = "jsonl") -> Response:
-    _summary_or_404(conn, batch_id)
+    _meta_or_404(conn, batch_id, tenant)
     rows = batches.results(conn, batch_id)
     if format == "csv":
         return PlainTextResponse(exports.csv_text(rows), media_type="text/csv")
     return PlainTextResponse(exports.jsonl(rows), media_type="application/x-ndjson")
 
 
-@router.delete("/v1/batches/{batch_id}")
-def cancel_batch(batch_id: str, conn: RedisDep, settings: SettingsDep) -> dict[str, Any]:
-    """Cancel the calls not started yet; running calls finish and keep their results."""
-    _summary_or_404(conn, batch_id)
+@router.delete("/v1/batches/{batch_id}", responses={204: {"description": "With purge=true: all of it is gone."}})
+def cancel_batch(
+    batch_id: str, conn: RedisDep, settings: SettingsDep, tenant: TenantDep,
+    purge: Annotated[bool, Query(description="Also delete every call's record, audio and results.")] = False,
+) -> Any:
+    """Cancel the calls not started yet; running calls finish and keep their results.
+    With `purge=true` everything the batch stored is deleted as well (204)."""
+    _meta_or_404(conn, batch_id, tenant)
     cancelled = batches.cancel(conn, settings, batch_id)
+    if purge:
+        batches.purge(conn, batch_id)
+        return Response(status_code=204)
     return {"id": batch_id, "cancelled": cancelled, **{"status": batches.summary(conn, batch_id)}}

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from services.gateway.deps import RedisDep, SettingsDep
+from services.gateway.deps import RedisDep, SettingsDep, TenantDep
 from services.gateway.submit import links, submit
 from services.gateway.uploads import check_language
 from services.gateway.validate import check_session_id, check_text, check_voice
@@ -24,7 +24,7 @@ class ChatRequest(BaseModel):
 
 
 @router.post("/v1/chat", status_code=202)
-def chat(body: ChatRequest, request: Request, conn: RedisDep, settings: SettingsDep) -> JSONResponse:
+def chat(body: ChatRequest, request: Request, conn: RedisDep, settings: SettingsDep, tenant: TenantDep) -> JSONResponse:
     """Answer a text; follow the job's events for the answer as it streams, its audio_url for the speech."""
     text = check_text(body.text, settings.chat_max_chars)
     options = {
@@ -34,5 +34,5 @@ def chat(body: ChatRequest, request: Request, conn: RedisDep, settings: Settings
         "stream": body.stream,
     }
     kind = "chat" if body.speak else "chat_text"
-    job_id = submit(conn, settings, kind=kind, options=options, text=text)
+    job_id = submit(conn, settings, kind=kind, options=options, text=text, tenant=tenant)
     return JSONResponse(links(request, settings, job_id, audio=body.speak), status_code=202)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -10,10 +11,30 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rq import Queue, Worker
 
-from services.gateway.deps import RedisDep
-from shared import queues
+from services.gateway.config import GatewaySettings
+from services.gateway.deps import RedisDep, SettingsDep
+from shared import queues, tenants
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
+
+
+def auth_state(conn: redis.Redis, settings: GatewaySettings) -> str:
+    """"on" once a key exists (or VQ_AUTH_REQUIRED is set), otherwise "off"."""
+    return "on" if tenants.auth_enabled(conn, settings.auth_required) else "off"
+
+
+def warn_if_open(conn: redis.Redis, settings: GatewaySettings) -> None:
+    """Say loudly at start when anyone can use the API: every caller is then the one open tenant."""
+    try:
+        state = auth_state(conn, settings)
+    except redis.RedisError as exc:
+        log.warning("cannot tell whether auth is on: Redis is unreachable (%s)", exc)
+        return
+    if state == "off":
+        log.warning("auth is OFF: no API key exists and VQ_AUTH_REQUIRED is false, so every request is served "
+                    "without a key as tenant %r. Create a key with `voicequeue keys create --tenant NAME` "
+                    "or set VQ_AUTH_REQUIRED=true.", tenants.OPEN_TENANT)
 
 
 @router.get("/healthz")
@@ -26,12 +47,13 @@ def queue_workers(conn: redis.Redis) -> dict[str, int]:
 
 
 @router.get("/readyz")
-def readyz(conn: RedisDep) -> JSONResponse:
-    """Ready when Redis answers and every queue has at least one live worker."""
+def readyz(conn: RedisDep, settings: SettingsDep) -> JSONResponse:
+    """Ready when Redis answers and every queue has at least one live worker; `auth` says whether keys are needed."""
     report: dict[str, Any] = {"redis": "ok"}
     try:
         conn.ping()
         workers = queue_workers(conn)
+        report["auth"] = auth_state(conn, settings)
     except redis.RedisError as exc:
         return JSONResponse({"status": "unavailable", "redis": f"error: {exc}"}, status_code=503)
     report["workers"] = workers

@@ -3,36 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job as RqJob
 
-from services.gateway.deps import AsyncRedisDep, BlobsDep, RedisDep, SettingsDep
+from services.gateway.deps import AsyncRedisDep, BlobsDep, RedisDep, SettingsDep, TenantDep
 from services.gateway.errors import ApiError
 from services.gateway.eventstream import follow
-from shared import events, jobs, queues
+from services.gateway.validate import check_event_id
+from shared import events, jobs, retention
 
 router = APIRouter(tags=["jobs"])
 
 CANCELLED_STREAM_TTL_S = 60
 
 
-def load_or_404(conn: RedisDep, job_id: str) -> dict[str, Any]:
+def load_or_404(conn: RedisDep, job_id: str, tenant: str) -> dict[str, Any]:
+    """The job if `tenant` owns it. Another tenant's job is answered exactly like an unknown one,
+    so ids cannot be probed for existence."""
     record = jobs.load(conn, job_id)
-    if record is None:
+    if record is None or record["tenant"] != tenant:
         raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
     return record
 
 
 @router.get("/v1/jobs/{job_id}")
-def get_job(job_id: str, conn: RedisDep) -> dict[str, Any]:
-    return load_or_404(conn, job_id)
+def get_job(job_id: str, conn: RedisDep, tenant: TenantDep) -> dict[str, Any]:
+    return load_or_404(conn, job_id, tenant)
 
 
 def _sse(event: events.Event) -> str:
@@ -46,12 +46,13 @@ async def job_events(
     conn: RedisDep,
     aconn: AsyncRedisDep,
     settings: SettingsDep,
+    tenant: TenantDep,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[str | None, Query(description="Replay from after this event id (as Last-Event-ID).")] = None,
 ) -> StreamingResponse:
     """Server-sent events, replayed from the start or from `Last-Event-ID`; ends after the final event."""
-    await asyncio.to_thread(load_or_404, conn, job_id)
-    start = last_event_id or after or "0-0"
+    await asyncio.to_thread(load_or_404, conn, job_id, tenant)
+    start = check_event_id(last_event_id or after)
 
     async def stream() -> AsyncIterator[str]:
         async for event in follow(aconn, job_id, start, settings.sse_keepalive_s):
@@ -67,16 +68,17 @@ async def job_audio(
     conn: RedisDep,
     aconn: AsyncRedisDep,
     blobs: BlobsDep,
+    tenant: TenantDep,
     wait: Annotated[float, Query(ge=0, le=600, description="Seconds to wait for the audio if not ready.")] = 0,
 ) -> Response:
-    record = await asyncio.to_thread(load_or_404, conn, job_id)
+    record = await asyncio.to_thread(load_or_404, conn, job_id, tenant)
     if "tts" not in record["plan"]:
         raise ApiError(404, "no_audio", "this job does not produce audio")
     if wait and record["status"] not in jobs.TERMINAL_STATUSES:
         async for event in follow(aconn, job_id, idle_s=wait, timeout_s=wait):
             if event is None or event[1] in events.TERMINAL:
                 break
-        record = await asyncio.to_thread(load_or_404, conn, job_id)
+        record = await asyncio.to_thread(load_or_404, conn, job_id, tenant)
     result = record["results"].get("tts")
     if result is None:
         if record["status"] == "failed":
@@ -89,20 +91,11 @@ async def job_audio(
 
 
 @router.delete("/v1/jobs/{job_id}", status_code=204)
-def delete_job(job_id: str, conn: RedisDep, blobs: BlobsDep, settings: SettingsDep) -> Response:
-    """Cancel pending stages and delete the record and its audio. Listeners get a final `job.cancelled`."""
-    record = load_or_404(conn, job_id)
+def delete_job(job_id: str, conn: RedisDep, settings: SettingsDep, tenant: TenantDep) -> Response:
+    """Cancel pending stages and delete everything the job stored (record, audio, queued sentence jobs).
+    Listeners get a final `job.cancelled`; the event stream goes a minute later."""
+    load_or_404(conn, job_id, tenant)
     jobs.put_status(conn, job_id, "cancelled")
-    for stage, state in record["stages"].items():
-        if state.get("status") != "queued":
-            continue  # running stages see the cancel themselves; finished ones left nothing on a queue
-        # The worker may finish and remove the rq job between fetch and delete.
-        with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
-            RqJob.fetch(queues.rq_job_id(job_id, stage), connection=conn).delete()
-    blobs.delete(*jobs.blob_ids(record))
-    pipe = conn.pipeline()
-    events.append(pipe, job_id, "job.cancelled", {"id": job_id}, settings.job_ttl_s)
-    pipe.expire(events.stream_key(job_id), CANCELLED_STREAM_TTL_S)
-    pipe.delete(jobs.key(job_id))
-    pipe.execute()
+    events.append(conn, job_id, "job.cancelled", {"id": job_id}, settings.job_ttl_s)
+    retention.purge_job(conn, job_id, keep_events_s=CANCELLED_STREAM_TTL_S)
     return Response(status_code=204)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from services.gateway import chunks
-from services.gateway.deps import AsyncRedisDep, BlobsDep, RedisDep, SettingsDep
+from services.gateway.deps import AsyncRedisDep, BlobsDep, RedisDep, SettingsDep, TenantDep
 from services.gateway.errors import ApiError
 from services.gateway.submit import submit
 from services.gateway.validate import check_text, check_voice
@@ -38,13 +38,15 @@ def _check(body: SpeechRequest) -> None:
 
 @router.post("/v1/audio/speech", responses={200: {"content": {"audio/mpeg": {}, "audio/wav": {}}}})
 async def speech(
-    body: SpeechRequest, conn: RedisDep, aconn: AsyncRedisDep, blobs: BlobsDep, settings: SettingsDep
+    body: SpeechRequest, conn: RedisDep, aconn: AsyncRedisDep, blobs: BlobsDep, settings: SettingsDep,
+    tenant: TenantDep,
 ) -> Response:
     text = check_text(body.input, settings.speech_max_chars, field="input")
     _check(body)
     fmt = "wav" if body.response_format == "pcm" else body.response_format
     options = {"voice": check_voice(body.voice, settings), "format": fmt, "speed": body.speed, "stream": True}
-    job_id = await asyncio.to_thread(submit, conn, settings, kind="speech", options=options, text=text)
+    job_id = await asyncio.to_thread(submit, conn, settings, kind="speech", options=options, text=text,
+                                    tenant=tenant)
     job = await wait_done(aconn, job_id, settings.reply_wait_s, what="speech")
     result = job["results"]["tts"]
     blob = await asyncio.to_thread(blobs.get, result["blob_id"])

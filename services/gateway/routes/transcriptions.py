@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from services.gateway.deps import AsyncRedisDep, RedisDep, SettingsDep
+from services.gateway.deps import AsyncRedisDep, RedisDep, SettingsDep, TenantDep
 from services.gateway.submit import submit
 from services.gateway.uploads import check_language, read_audio
 from services.gateway.waiting import wait_done
@@ -52,6 +52,7 @@ async def transcribe(
     conn: RedisDep,
     aconn: AsyncRedisDep,
     settings: SettingsDep,
+    tenant: TenantDep,
     file: Annotated[UploadFile, File()],
     model: Annotated[str, Form(description="Accepted for compatibility; the worker's model is used.")] = "whisper-1",
     language: Annotated[str | None, Form()] = None,
@@ -62,7 +63,8 @@ async def transcribe(
     lang = check_language(language)
     upload = await asyncio.to_thread(read_audio, file, settings, settings.max_turn_audio_s)
     options = {"language": lang, "initial_prompt": prompt, "model": model}
-    job_id = await asyncio.to_thread(submit, conn, settings, kind="transcription", options=options, upload=upload)
+    job_id = await asyncio.to_thread(submit, conn, settings, kind="transcription", options=options, upload=upload,
+                                    tenant=tenant)
     job = await wait_done(aconn, job_id, settings.transcription_wait_s, what="transcription")
     response = render(job["results"]["asr"], response_format)
     response.headers["X-Job-Id"] = job_id

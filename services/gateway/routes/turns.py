@@ -9,7 +9,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from services.gateway.deps import AsyncRedisDep, BlobsDep, RedisDep, SettingsDep
+from services.gateway.deps import AsyncRedisDep, BlobsDep, RedisDep, SettingsDep, TenantDep
 from services.gateway.errors import ApiError
 from services.gateway.submit import links, submit
 from services.gateway.uploads import check_language, read_audio
@@ -35,6 +35,7 @@ async def create_turn(
     aconn: AsyncRedisDep,
     blobs: BlobsDep,
     settings: SettingsDep,
+    tenant: TenantDep,
     file: Annotated[UploadFile, File(description="The caller's audio, any common container.")],
     language: Annotated[str | None, Form()] = None,
     voice: Annotated[str | None, Form()] = None,
@@ -45,7 +46,8 @@ async def create_turn(
     options = {"language": check_language(language), "voice": check_voice(voice, settings),
                "session_id": check_session_id(session_id), "stream": stream}
     upload = await asyncio.to_thread(read_audio, file, settings, settings.max_turn_audio_s)
-    job_id = await asyncio.to_thread(submit, conn, settings, kind="turn", options=options, upload=upload)
+    job_id = await asyncio.to_thread(submit, conn, settings, kind="turn", options=options, upload=upload,
+                                    tenant=tenant)
     if not wait:
         return JSONResponse(links(request, settings, job_id), status_code=202)
     job = await wait_done(aconn, job_id, settings.reply_wait_s, what="turn")

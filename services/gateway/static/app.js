@@ -9,6 +9,76 @@ const vq = (window.vq = {
 
 const $ = (id) => document.getElementById(id);
 const SESSION_KEY = "voicequeue.session";
+const API_KEY = "voicequeue.apikey";
+
+// Every call carries the tenant's API key when one is set (the gateway may have auth on).
+function api(url, options = {}) {
+  const key = sessionStorage.getItem(API_KEY);
+  const headers = new Headers(options.headers || {});
+  if (key) headers.set("Authorization", `Bearer ${key}`);
+  return fetch(url, { ...options, headers });
+}
+
+// Server-sent events over fetch: EventSource cannot send an Authorization header.
+// Reconnects with Last-Event-ID, as EventSource would, when the connection drops mid-stream.
+class EventReader {
+  constructor(url) {
+    this.url = url;
+    this.handlers = new Map();
+    this.lastId = null;
+    this.closed = false;
+    this.controller = null;
+    this.onerror = null;
+    this.run();
+  }
+
+  addEventListener(type, handler) { this.handlers.set(type, handler); }
+
+  close() {
+    this.closed = true;
+    if (this.controller) this.controller.abort();
+  }
+
+  dispatch(block) {
+    let type = "message", data = "";
+    for (const line of block.split("\n")) {
+      if (line.startsWith("id:")) this.lastId = line.slice(3).trim();
+      else if (line.startsWith("event:")) type = line.slice(6).trim();
+      else if (line.startsWith("data:")) data += line.slice(5).trim();
+    }
+    const handler = this.handlers.get(type);
+    if (handler && data) handler({ data });
+  }
+
+  async run() {
+    for (let attempt = 0; attempt < 5 && !this.closed; attempt++) {
+      this.controller = new AbortController();
+      const headers = this.lastId ? { "Last-Event-ID": this.lastId } : {};
+      try {
+        const response = await api(this.url, { headers, signal: this.controller.signal });
+        if (!response.ok) throw new Error(await errorText(response));
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += value;
+          let cut;
+          while ((cut = buffer.indexOf("\n\n")) >= 0) {
+            this.dispatch(buffer.slice(0, cut));
+            buffer = buffer.slice(cut + 2);
+            if (this.closed) return;
+          }
+        }
+        return;  // the server ends the stream after the job's final event
+      } catch (err) {
+        if (this.closed) return;
+        if (attempt === 4 && this.onerror) this.onerror(err);
+        await new Promise((r) => setTimeout(r, 500 * (attempt + 1)));
+      }
+    }
+  }
+}
 
 function newSessionId() {
   const bytes = new Uint8Array(12);
@@ -30,6 +100,7 @@ function setStatus(text, isError = false) {
 }
 
 async function errorText(response) {
+  if (response.status === 401) return "this gateway needs an API key: paste yours into the key field above";
   try {
     const body = await response.json();
     return (body.error && body.error.message) || body.detail || response.statusText;
@@ -61,7 +132,7 @@ class ChunkPlayer {
     this.received += 1;
     vq.chunksReceived += 1;
     try {
-      const response = await fetch(url);
+      const response = await api(url);
       if (!response.ok) throw new Error(await errorText(response));
       this.buffers.set(seq, await audio().decodeAudioData(await response.arrayBuffer()));
     } catch (err) {
@@ -110,7 +181,7 @@ function follow(links, turn, speak) {
   turn.dataset.job = links.id;
   const player = new ChunkPlayer(links.id);
   const replyEl = turn.querySelector(".reply");
-  const source = new EventSource(links.events_url);
+  const source = new EventReader(links.events_url);
   const on = (type, handler) => source.addEventListener(type, (e) => handler(JSON.parse(e.data)));
 
   on("asr.partial", (d) => { if (d.text) turn.querySelector(".transcript").textContent = d.text; });
@@ -150,7 +221,7 @@ function follow(links, turn, speak) {
   });
   on("job.failed", (d) => finish(`Failed: ${d.error.message}`, true));
   on("job.cancelled", () => finish("Cancelled.", true));
-  source.onerror = () => { if (source.readyState === EventSource.CLOSED) setStatus("Event stream lost.", true); };
+  source.onerror = (err) => setStatus(`Event stream lost: ${err.message}`, true);
 }
 
 async function submitTurn(blob, filename) {
@@ -160,7 +231,7 @@ async function submitTurn(blob, filename) {
   form.append("session_id", vq.sessionId);
   const turn = addTurn("…");
   setStatus("Uploading…");
-  const response = await fetch("/v1/turns", { method: "POST", body: form });
+  const response = await api("/v1/turns", { method: "POST", body: form });
   if (!response.ok) {
     turn.querySelector(".transcript").textContent = `(${filename})`;
     setStatus(`Refused: ${await errorText(response)}`, true);
@@ -175,7 +246,7 @@ async function sendText(text) {
   const turn = addTurn(text);
   vq.transcript = text;
   setStatus("Sending…");
-  const response = await fetch("/v1/chat", {
+  const response = await api("/v1/chat", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ text, session_id: vq.sessionId, speak }),
@@ -225,7 +296,7 @@ async function toggleRecording() {
 
 async function loadHistory() {
   const list = $("history");
-  const response = await fetch(`/v1/sessions/${vq.sessionId}`);
+  const response = await api(`/v1/sessions/${vq.sessionId}`);
   list.replaceChildren();
   if (!response.ok) return;
   for (const turn of (await response.json()).turns) {
@@ -239,7 +310,7 @@ async function loadHistory() {
 }
 
 async function forgetSession() {
-  await fetch(`/v1/sessions/${vq.sessionId}`, { method: "DELETE" });
+  await api(`/v1/sessions/${vq.sessionId}`, { method: "DELETE" });
   setSession(newSessionId());
   $("turns").replaceChildren();
   loadHistory();
@@ -249,6 +320,12 @@ async function forgetSession() {
 // ---- wiring ----
 
 setSession(localStorage.getItem(SESSION_KEY) || newSessionId());
+$("api-key").value = sessionStorage.getItem(API_KEY) || "";
+$("api-key").addEventListener("change", (e) => {
+  const key = e.target.value.trim();
+  if (key) sessionStorage.setItem(API_KEY, key); else sessionStorage.removeItem(API_KEY);
+  loadHistory();
+});
 loadHistory();
 $("record").addEventListener("click", toggleRecording);
 $("forget").addEventListener("click", forgetSession);
