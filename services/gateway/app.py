@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from prometheus_client import REGISTRY, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway import errors
+from services.gateway import errors, idempotency, limits, openapi
 from services.gateway.config import GatewaySettings
 from services.gateway.routes import audio, batches, chat, health, jobs, sessions, speech, transcriptions, turns, web
-from shared import metrics, queues
+from shared import logs, metrics, queues
 
 log = logging.getLogger(__name__)
 
@@ -25,22 +26,32 @@ LATENCY = Histogram("voicequeue_http_request_seconds", "HTTP request latency.", 
 _collector_registered = False
 
 
-def _route_template(request: Request) -> str:
-    # Label by route template, never the raw path: job ids would make label values unbounded.
-    route = request.scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
+class Observe:
+    """Request count and latency by route template (pure ASGI: streams are not buffered or delayed)."""
 
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
 
-async def _too_large(request: Request, settings: GatewaySettings) -> Response | None:
-    length = request.headers.get("content-length")
-    # Refuse before reading the body: multipart overhead is allowed on top of the file limit.
-    if length and length.isdigit() and int(length) > settings.max_upload_bytes + 1024 * 1024:
-        return Response(
-            content=(b'{"error":{"code":"file_too_large","message":"the request body is larger than the '
-                     + f'{settings.max_upload_mb:g} MB limit'.encode() + b'"}}'),
-            status_code=413, media_type="application/json",
-        )
-    return None
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def watched(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        finally:
+            # Label by route template, never the raw path: job ids would make label values unbounded.
+            route = str(getattr(scope.get("route"), "path", "unmatched"))
+            REQUESTS.labels(route, scope["method"], str(status)).inc()
+            LATENCY.labels(route, scope["method"]).observe(time.perf_counter() - start)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -56,6 +67,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             REGISTRY.register(metrics.QueueDepthCollector(app.state.redis, queues.all_names()))
             REGISTRY.register(metrics.WorkersCollector(app.state.redis, queues.all_names()))
             _collector_registered = True
+        health.warn_if_open(app.state.redis, settings)
         yield
         await app.state.aredis.aclose()
         app.state.redis.close()
@@ -65,14 +77,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     errors.install(app)
     for module in (turns, chat, speech, transcriptions, jobs, audio, batches, sessions, health, web):
         app.include_router(module.router)
+    openapi.install(app)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await _too_large(request, settings) or await call_next(request)
-        route = _route_template(request)
-        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        LATENCY.labels(route, request.method).observe(time.perf_counter() - start)
-        return response
-
+    # Outermost first: metrics, body size, tenant/rate/streams, idempotency, queue depth, then the routes.
+    app.add_middleware(limits.QueueDepth, settings=settings)
+    app.add_middleware(idempotency.Idempotency, settings=settings)
+    app.add_middleware(limits.Admission, settings=settings)
+    app.add_middleware(limits.BodyLimit, settings=settings)
+    app.add_middleware(Observe)
+    app.add_middleware(logs.RequestContext)  # outermost: every log line of a request carries its context
     return app

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from shared.config import CommonSettings
+
+
+class TenantRate(BaseModel):
+    """A tenant's own submission rate (VQ_RATE_LIMIT_OVERRIDES)."""
+
+    per_s: float = Field(description="Submissions per second on average (0 = no limit).")
+    burst: int = Field(description="Submissions at once.")
 
 
 class GatewaySettings(CommonSettings):
@@ -37,6 +44,65 @@ class GatewaySettings(CommonSettings):
         "voices (xx-YY-NameNeural) and espeak-ng voices are accepted too; anything else is refused (400).",
     )
 
+    auth_required: bool = Field(
+        False, description="Refuse requests without a valid API key even before any key exists (compose turns it "
+        "on). Otherwise auth switches on with the first `voicequeue keys create`.",
+    )
+
+    # Limits and backpressure (services/gateway/limits.py, services/gateway/idempotency.py).
+    json_max_request_mb: float = Field(
+        1.0, description="Largest JSON request body (POST /v1/chat, /v1/audio/speech, JSON batches); 413 past it, "
+        "counted while the body streams in."
+    )
+    upload_form_slack_mb: float = Field(
+        1.0, description="Multipart overhead allowed on top of max_upload_mb before an upload is cut off (413)."
+    )
+    batch_max_request_mb: float = Field(
+        2048.0, description="Largest multipart request to POST /v1/batches and /v1/batches/{id}/files (413 past it)."
+    )
+    batch_max_file_mb: float = Field(512.0, description="Largest single recording in a batch (a 2 h WAV is ~230 MB).")
+    rate_limit_per_s: float = Field(
+        20.0, description="Submissions a tenant may make per second on average (token bucket in Redis; 0 = no "
+        "limit). Over it: 429 with Retry-After."
+    )
+    rate_limit_burst: int = Field(60, description="Submissions a tenant may make at once before the rate applies.")
+    rate_limit_read_per_s: float = Field(
+        200.0, description="Reads (GET/DELETE under /v1) a tenant may make per second, in a bucket of their own "
+        "(0 = no limit)."
+    )
+    rate_limit_read_burst: int = Field(400, description="Reads a tenant may make at once before the read rate applies.")
+    rate_limit_overrides: dict[str, TenantRate] = Field(
+        {}, description='Per-tenant submission limits, JSON: {"acme": {"per_s": 100, "burst": 300}}.'
+    )
+    max_queue_depth_live: int = Field(
+        200, description="Jobs a live queue may hold before new submissions to it get 429 (work that would not "
+        "finish in time)."
+    )
+    max_queue_depth_batch: int = Field(
+        5000, description="Jobs asr:batch may hold before new batch submissions get 429."
+    )
+    queue_full_retry_after_s: int = Field(5, description="Retry-After sent with a queue-full 429.")
+    max_streams_per_tenant: int = Field(
+        20, description="Open SSE and audio streams a tenant may hold at once (429 past it)."
+    )
+    stream_slot_ttl_s: int = Field(
+        60, description="A stream slot not refreshed for this long is freed (a gateway that died leaks none)."
+    )
+    idempotency_ttl_s: int = Field(
+        24 * 3600, description="How long an Idempotency-Key replays its original response."
+    )
+    idempotency_wait_s: float = Field(
+        5.0, description="How long a request waits for a concurrent one with the same Idempotency-Key before 409."
+    )
+    idempotency_max_body_kb: int = Field(
+        1024, description="Largest JSON answer kept for replay; larger ones and audio replay the current state "
+        "of the job or batch."
+    )
+
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def batch_max_file_bytes(self) -> int:
+        return int(self.batch_max_file_mb * 1024 * 1024)

@@ -18,7 +18,16 @@ OPENAI_VOICES = frozenset(
 EDGE_VOICE = re.compile(r"^[a-z]{2,}-[A-Z]{2,}-.+Neural$")
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def check_text(text: str, limit: int, field: str = "text") -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON may carry lone surrogates ("\ud800"), which are not text
+        raise ApiError(400, "invalid_text", f"'{field}' is not valid Unicode text: {exc.reason}") from exc
+    if CONTROL.search(text):
+        raise ApiError(400, "invalid_text", f"'{field}' contains control characters (NUL and the like)")
     if not text.strip():
         raise ApiError(400, "empty_text", f"'{field}' is empty: there is nothing to answer or speak")
     if len(text) > limit:
@@ -52,3 +61,16 @@ def check_voice(voice: str | None, settings: GatewaySettings) -> str | None:
         return voice
     known = ", ".join([*settings.gateway_voices, "xx-YY-NameNeural (edge)", "espeak-ng voices such as cmn"])
     raise ApiError(400, "unknown_voice", f"unknown voice {voice!r}: use one of {known}")
+
+
+EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+def check_event_id(event_id: str | None) -> str:
+    """A Redis stream id as Last-Event-ID / `after` (default: from the start); 400 for anything else."""
+    if event_id is None or event_id == "":
+        return "0-0"
+    if not EVENT_ID.match(event_id):
+        raise ApiError(400, "invalid_event_id",
+                       f"Last-Event-ID must be an event id like '1700000000000-0' from this stream, not {event_id!r}")
+    return event_id
