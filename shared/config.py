@@ -55,11 +55,36 @@ class CommonSettings(BaseSettings):
         "docs/benchmarks.md). ASR ignores it: CTranslate2 and torch are not fork-safe.",
     )
     worker_job_monitoring_interval_s: int = Field(
-        5, description="How often a worker heartbeats a running job; bounds how late a dead worker is seen."
+        2, description="How often a worker heartbeats a running job; bounds how late a dead worker is seen."
     )
     worker_maintenance_interval_s: int = Field(
-        15, description="How often workers sweep registries for abandoned jobs (rq default: 10 min)."
+        15, description="How often workers run rq's registry maintenance (rq default: 10 min)."
     )
+    worker_dead_after_s: int = Field(
+        12,
+        description="A running job whose worker has not heartbeated for this long is taken for abandoned (its "
+        "worker was killed) and requeued. Keep it several monitoring intervals: a false call runs the job twice.",
+    )
+    worker_reaper_interval_s: float = Field(
+        2.0, description="How often each worker looks for abandoned jobs on every stage queue."
+    )
+    stage_max_attempts: int = Field(
+        3, ge=1, description="Times a stage may be started for one job (re-runs after its worker died count); "
+        "then the job fails with reason retry_budget_exhausted.",
+    )
+    stage_max_attempts_per_stage: dict[str, int] = Field(
+        default_factory=dict,
+        description='Per-stage overrides of stage_max_attempts, as JSON: {"asr": 2, "llm": 3, "tts": 4}.',
+    )
+
+    retention_sweep_interval_s: float = Field(
+        600.0, description="How often one worker gives Redis keys left without a TTL their retention (0: never).")
+    log_redact_pii: bool = Field(True, description="Replace PII (phones, emails, cards, IDs) in every log record, "
+                                 "also with debug on.")
+
+    def max_attempts(self, stage: str) -> int:
+        """The retry budget of `stage` (a sentence of a streamed reply counts as "tts")."""
+        return max(1, int(self.stage_max_attempts_per_stage.get(stage, self.stage_max_attempts)))
 
     @property
     def models_dir(self) -> Path:

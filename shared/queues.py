@@ -6,9 +6,10 @@ Workers never import each other: the next stage is named by its dotted path.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import redis
-from rq import Queue
+from rq import Queue, Retry
 
 from shared import jobs
 from shared.config import CommonSettings
@@ -54,23 +55,26 @@ def enqueue(
 ) -> bool:
     """Put a job's stage on its queue once. Returns False if it was already enqueued.
 
-    The HSETNX marker makes a re-run of the previous stage (after a worker died) harmless.
+    The `enq:<stage>` marker and the rq job are written in one transaction, so a re-run of the
+    previous stage (after its worker died, even between the two) enqueues the stage exactly once.
     """
-    if not conn.hsetnx(jobs.key(job_id), f"enq:{stage}", time.time()):
-        return False
-    pipe = conn.pipeline()
-    jobs.put_stage(pipe, job_id, stage, {"status": "queued", "queued_at": time.time(), "attempts": 0})
-    pipe.execute()
-    Queue(name(stage, priority), connection=conn).enqueue(
-        TASKS[stage],
-        job_id,
-        job_id=rq_job_id(job_id, stage),
-        job_timeout=timeout_s(settings, audio_s, stage),
-        result_ttl=0,
-        failure_ttl=settings.job_ttl_s,
-        description=f"{stage} {job_id}",
-    )
-    return True
+
+    def writes(pipe: redis.client.Pipeline) -> None:
+        jobs.put_stage(pipe, job_id, stage, {"status": "queued", "queued_at": time.time(), "attempts": 0})
+        Queue(name(stage, priority), connection=conn).enqueue(
+            TASKS[stage],
+            job_id,
+            job_id=rq_job_id(job_id, stage),
+            job_timeout=timeout_s(settings, audio_s, stage),
+            result_ttl=0,
+            failure_ttl=settings.job_ttl_s,
+            ttl=settings.job_ttl_s,  # a queued job (its hash holds the text) expires like the record
+            description=f"{stage} {job_id}",
+            retry=_retry(settings, stage),
+            pipeline=pipe,
+        )
+
+    return _once(conn, job_id, f"enq:{stage}", writes)
 
 
 def enqueue_chunk(
@@ -81,17 +85,46 @@ def enqueue_chunk(
     Once per (job, seq), like `enqueue`. The job's `tts` stage, enqueued after the LLM
     finishes, waits for these chunks (or speaks any left unclaimed) and joins them.
     """
-    if not conn.hsetnx(jobs.key(job_id), f"enq:tts:{seq}", time.time()):
-        return False
-    Queue(name("tts", priority), connection=conn).enqueue(
-        CHUNK_TASK,
-        job_id,
-        seq,
-        text,
-        job_id=rq_job_id(job_id, f"tts{seq}"),
-        job_timeout=int(settings.job_timeout_base_s),
-        result_ttl=0,
-        failure_ttl=settings.job_ttl_s,
-        description=f"tts chunk {seq} {job_id}",
-    )
-    return True
+
+    def writes(pipe: redis.client.Pipeline) -> None:
+        Queue(name("tts", priority), connection=conn).enqueue(
+            CHUNK_TASK,
+            job_id,
+            seq,
+            text,
+            job_id=rq_job_id(job_id, f"tts{seq}"),
+            job_timeout=int(settings.job_timeout_base_s),
+            result_ttl=0,
+            failure_ttl=settings.job_ttl_s,
+            ttl=settings.job_ttl_s,  # a queued job (its hash holds the text) expires like the record
+            description=f"tts chunk {seq} {job_id}",
+            retry=_retry(settings, "tts"),
+            pipeline=pipe,
+        )
+
+    return _once(conn, job_id, f"enq:tts:{seq}", writes)
+
+
+def _retry(settings: CommonSettings, stage: str) -> Retry:
+    """rq's own retries: a forked job process that dies is put back at once by its worker (rq's paths
+    for abandoned jobs fail them otherwise). The stage's attempt counter enforces the real budget."""
+    return Retry(max=settings.max_attempts(stage), enqueue_at_front=True)
+
+
+def _once(conn: redis.Redis, job_id: str, marker: str, writes: Callable[[redis.client.Pipeline], None]) -> bool:
+    """Run `writes` and set `marker` on the job hash in one transaction, unless the marker is already set."""
+    key = jobs.key(job_id)
+    with conn.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                if pipe.hexists(key, marker):
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.hset(key, marker, time.time())
+                writes(pipe)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                continue  # the job hash changed meanwhile (a sentence stored, a cost added): look again

@@ -15,31 +15,76 @@
   segfault or hard timeout on one input kills only that job process.
 
 The plain `rq worker` command is not used: it would import and load the model per job.
+
+Crash recovery (issue 5): running jobs heartbeat every `worker_job_monitoring_interval_s`
+with a deadline `worker_dead_after_s` ahead (rq adds 60 s to its own), and every worker runs
+a `shared.reaper.Reaper` thread that requeues jobs past their deadline, whichever stage they
+belong to. A forked job process dies with its parent (PR_SET_PDEATHSIG): without the parent
+nobody heartbeats it, so it would be re-run anyway. A worker whose Redis goes away does not
+exit: `serve` starts a new rq worker once Redis answers again.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
+import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
 from prometheus_client import REGISTRY, start_http_server
-from rq import Queue, SimpleWorker, Worker
+from rq import Queue, SimpleWorker, Worker, worker_registration
 from rq.job import Job
+from rq.registry import DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry
+from rq.utils import now as rq_now
 from rq.worker import BaseWorker, WorkerStatus
 
-from shared import logs, metrics, queues
+from shared import logs, metrics, queues, reaper
 from shared.config import CommonSettings
 from shared.connection import connect
 
 log = logging.getLogger(__name__)
 
 
-class ForkingWorker(Worker):
+class Heartbeats:
+    """A running job's heartbeat deadline `dead_after_s` ahead, not rq's interval + 60 s, so the reaper can
+    tell a dead worker within seconds; and rq's registry maintenance without its abandoned-job pass."""
+
+    dead_after_s = 12
+    queues: list[Queue]
+    last_cleaned_at: Any
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return int(self.dead_after_s)
+
+    def clean_registries(self) -> None:
+        """rq's maintenance minus StartedJobRegistry.cleanup: `shared.reaper` requeues abandoned jobs; rq's
+        pass would fail them, or, racing a reaper, enqueue one twice."""
+        for queue in self.queues:
+            if not queue.acquire_maintenance_lock():
+                continue
+            try:
+                for registry_class in (FinishedJobRegistry, FailedJobRegistry, DeferredJobRegistry):
+                    registry_class(queue.name, connection=queue.connection).cleanup()
+                worker_registration.clean_worker_registry(queue)
+                queue.intermediate_queue.cleanup(self, queue)  # type: ignore[arg-type]
+            finally:
+                queue.release_maintenance_lock()
+        self.last_cleaned_at = rq_now()
+
+
+class ForkingWorker(Heartbeats, Worker):
     """Forks per job; carries the job process's metric updates back to the parent that serves /metrics."""
+
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
+        _die_with_parent()
+        super().main_work_horse(job, queue)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
@@ -55,7 +100,7 @@ class ForkingWorker(Worker):
             metrics.flush(self.connection, self.name)
 
 
-class InProcessWorker(SimpleWorker):
+class InProcessWorker(Heartbeats, SimpleWorker):
     """Runs jobs in the worker process, heartbeating from a thread as the forking worker's parent would."""
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -77,9 +122,15 @@ class InProcessWorker(SimpleWorker):
             except Exception:  # a missed beat must not kill the job; the next one may get through
                 log.warning("heartbeat failed", exc_info=True)
 
-    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        # SimpleWorker's TTL is the whole job timeout + 60 s; with beats every interval, use the short one.
-        return BaseWorker.get_heartbeat_ttl(self, job, working_time)
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this (forked job) process when its parent worker dies."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def serve(
@@ -99,7 +150,8 @@ def serve(
     """
     names = [queues.name(stage, p) for p in priorities]
     fork = settings.worker_fork and fork_safe
-    logs.setup(f"{stage}-worker", settings.log_level, settings.log_json)
+    logs.setup(f"{stage}-worker", settings.log_level, settings.log_json,
+               debug=settings.debug, redact_pii=settings.log_redact_pii)
     conn = connect(settings.redis_url, wait_s=30)
     for model, seconds in preload().items():
         metrics.set_gauge(metrics.MODEL_LOAD, seconds, stage=stage, model=model)
@@ -110,14 +162,49 @@ def serve(
     REGISTRY.register(metrics.QueueDepthCollector(conn, queues.names_for(stage)))  # every queue of the stage
     start_http_server(metrics_port)
     worker_class = ForkingWorker if fork else InProcessWorker
-    worker = worker_class(
+    worker_class.dead_after_s = settings.worker_dead_after_s
+    reaper.Reaper(settings, queues.all_names()).start()
+    log.info("worker ready", extra={"stage": stage, "mode": "fork" if fork else "in-process", "queues": names})
+    work_until_stopped(lambda: worker_class(
         names,
         connection=conn,
         job_monitoring_interval=settings.worker_job_monitoring_interval_s,
         maintenance_interval=settings.worker_maintenance_interval_s,
-    )
-    log.info("worker ready", extra={"stage": stage, "mode": "fork" if fork else "in-process", "queues": names})
-    worker.work(with_scheduler=True, logging_level=settings.log_level.upper())
+    ), conn, settings)
+
+
+def work_until_stopped(make: Callable[[], BaseWorker], conn: redis.Redis, settings: CommonSettings) -> None:
+    """Run rq workers until one stops on request (SIGTERM/SIGINT).
+
+    rq's loop retries a lost connection only while it waits for a job; elsewhere (a heartbeat after a
+    job, registry maintenance) it logs the error and returns. Then a new worker (a new name: the old
+    one may still be registered) starts as soon as Redis answers.
+    """
+    while True:
+        worker = None
+        try:
+            worker = make()
+            # No rq scheduler process: nothing is scheduled for later (retries are immediate), and a
+            # scheduler outliving a killed worker would keep its metrics port and block its restart.
+            worker.work(logging_level=settings.log_level.upper())
+        except (redis.ConnectionError, redis.TimeoutError):
+            log.warning("worker lost Redis", exc_info=True)
+        if worker is not None and (worker._stop_requested or worker._shutdown_requested_date is not None):
+            return  # SIGTERM/SIGINT (rq notes the date whether it was busy or idle)
+        log.warning("rq worker stopped without a stop request (Redis unreachable?); starting a new one")
+        time.sleep(1.0)
+        _wait_for_redis(conn)
+
+
+def _wait_for_redis(conn: redis.Redis) -> None:
+    delay = 0.5
+    while True:
+        try:
+            conn.ping()
+            return
+        except (redis.ConnectionError, redis.TimeoutError):
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def timed(load: Callable[[], Any]) -> tuple[Any, float]:

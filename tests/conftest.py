@@ -78,13 +78,14 @@ def conn(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @contextlib.contextmanager
-def started_stack(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Stack]:
-    """The whole stack as real processes (llama.cpp server, asr/llm/tts workers, gateway) on its own
-    Redis: other tests' workers must not take its jobs, nor it theirs."""
+def started_stack(tmp_path_factory: pytest.TempPathFactory, name: str, llm_base_url: str | None = None,
+                  extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """The whole stack as real processes (llama.cpp server unless `llm_base_url`, asr/llm/tts workers,
+    gateway) on its own Redis: other tests' workers must not take its jobs, nor it theirs."""
     with running_redis(tmp_path_factory.mktemp(f"{name}-redis")) as url:
         s = Stack(url, tmp_path_factory.mktemp(f"{name}-logs"))
         try:
-            yield s.start()
+            yield s.start(llm_base_url, extra_env)
         finally:
             s.stop()
 

@@ -49,6 +49,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    specs: dict[str, tuple[tuple[str, ...], dict[str, str]]] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -59,6 +60,7 @@ class Stack:
         return self.env["VQ_LLM_BASE_URL"]
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self.specs[name] = (args, env or {})
         log = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen([_voicequeue(), *args], env={**self.env, **(env or {})}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -135,3 +137,80 @@ class Stack:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, 9)
+
+    # Fault injection (tests/reliability): kill processes as a crash or container kill would, restart them.
+
+    def respawn(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start `name` again with the arguments it was spawned with (as k8s or compose would restart it);
+        `env` adds to or replaces its own environment overrides."""
+        args, own_env = self.specs[name]
+        return self.spawn(name, *args, env={**own_env, **(env or {})})
+
+    def kill(self, name: str, *, group: bool = True) -> int:
+        """SIGKILL `name`: with `group`, its whole process group (a container kill: the worker and rq's
+        scheduler), else the process alone. Forked job processes have a group of their own. Returns the pid."""
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, 9)
+            else:
+                os.kill(proc.pid, 9)
+        proc.wait(10)
+        return proc.pid
+
+    def job_process(self, name: str) -> int | None:
+        """The pid of the job process a forking worker `name` has forked (rq puts it in its own group)."""
+        import psutil
+
+        try:
+            children = psutil.Process(self.procs[name].pid).children()
+        except psutil.NoSuchProcess:
+            return None
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if os.getpgid(child.pid) == child.pid:
+                    return int(child.pid)
+        return None
+
+    def stop_worker(self, name: str) -> None:
+        """A graceful stop (SIGTERM, as `docker stop`): the worker finishes its job first."""
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        proc.wait(60)
+
+
+@dataclass
+class RedisServer:
+    """A redis-server (AOF everysec, as in production) that a test can crash and restart on the same port
+    and data directory."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        from shared import redis_server
+
+        log = (self.data_dir / "redis.log").open("ab")
+        self.proc = subprocess.Popen(redis_server.command(self.port, self.data_dir), stdout=log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise TimeoutError("redis-server did not listen within 30 s")
+
+    def stop(self, sig: int = 15) -> None:
+        """SIGTERM: Redis flushes its AOF and exits. SIGKILL: a crash (the last second may be lost)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)

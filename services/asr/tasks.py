@@ -64,6 +64,7 @@ def preload(settings: AsrSettings | None = None, *, forking: bool = False) -> di
     seconds = {}
     for model in dict.fromkeys((SETTINGS.asr_model, SETTINGS.asr_multilingual_model)):
         seconds[model] = engine(SETTINGS, model).load(1 if forking else None)
+    channels.diarizer(SETTINGS)  # a configured diarisation engine loads now, not on the first call
     return seconds
 
 
@@ -114,6 +115,7 @@ def work(ctx: StageContext) -> dict[str, Any]:
     metrics.inc(metrics.AUDIO_SECONDS, duration, stage="asr")  # seconds of recording, not of passes
     jobs.add_cost(ctx.conn, ctx.job_id, audio_s=duration)
     out = result(passes, asr, elapsed)
+    channels.label_speakers(out, heard, settings)  # mono: the diarisation engine names the speakers
     out["batched"] = _batch_size(settings, job) > 0
     return out
 
@@ -145,7 +147,9 @@ def transcribe(ctx: StageContext, settings: AsrSettings, asr: AsrEngine, track: 
     def on_segment(segment: Segment) -> None:
         if ctx.cancelled():  # the caller barged in or deleted the job: stop decoding
             raise Cancelled
-        ctx.emit("asr.partial", {"index": next(sent), **_segment_dict(segment, track)})
+        index = next(sent)
+        if index >= len(ctx.earlier("asr.partial")):  # a re-run does not repeat what listeners already got
+            ctx.emit("asr.partial", {"index": index, **_segment_dict(segment, track)})
 
     transcript = asr.transcribe(track.samples, language=language, beam_size=settings.asr_beam_size,
                                 vad=settings.asr_vad, hotwords=_hotwords(ctx.job["options"]),

@@ -54,8 +54,8 @@ def work(ctx: StageContext) -> dict[str, Any]:
     text = user_text(job)
     language = caller_language(job)
     session_id = job["options"].get("session_id")
-    history = (sessions.history(ctx.conn, session_id, SETTINGS.session_max_turns) if session_id
-               else job["options"].get("history") or [])
+    history = (sessions.history(ctx.conn, session_id, SETTINGS.session_max_turns, tenant=job["tenant"])
+               if session_id else job["options"].get("history") or [])
     cache_key = None
     if SETTINGS.llm_answer_cache and not history:
         # Only context-free turns: with history the same words can mean something else.
@@ -68,21 +68,23 @@ def work(ctx: StageContext) -> dict[str, Any]:
         if found is not None:
             cached, match = found[0], {"cache_match": "paraphrase", "cache_similarity": round(found[1], 4)}
     chunks = Chunks(ctx, SETTINGS)
+    deltas = Deltas(ctx, chunks)
     if cached is not None:
-        result = {**answer_from_cache(ctx, cached, chunks), **match}
+        result = {**answer_from_cache(ctx, cached, deltas), **match}
     else:
         if cache_key:
             metrics.inc(metrics.CACHE_MISSES, cache="answer")
-        result = answer_from_llm(ctx, SETTINGS, ENGINE, text, language, history, chunks)
+        result = answer_from_llm(ctx, SETTINGS, ENGINE, text, language, history, deltas)
+    result["text"] = deltas.text  # on a re-run, the words listeners already got stand
     if result["finish_reason"] == "cancelled":
         return result  # the job is gone or cancelled: stage.run stores nothing
     chunks.finish()
     if session_id:
         sessions.append_turn(ctx.conn, session_id, text, result["text"], max_turns=SETTINGS.session_max_turns,
-                             ttl_s=SETTINGS.session_ttl_s)
+                             ttl_s=SETTINGS.session_ttl_s, tenant=job["tenant"])
     if cache_key and cached is None and result["finish_reason"] == "stop" and result["text"].strip():
         answer_cache.put(ctx.conn, cache_key, result["text"], SETTINGS.llm_answer_cache_ttl_s)
-    ctx.emit("llm.done", {"text": result["text"], "chunks": len(chunks.texts)})
+    ctx.emit_once("llm.done", {"text": result["text"], "chunks": len(chunks.texts)})
     return {**result, "language": language, "chunks": chunks.listed(),
             "cache": "off" if cache_key is None else "hit" if cached is not None else "miss",
             "history_turns": len(history) // 2}
@@ -120,6 +122,38 @@ class Chunks:
         return [{"seq": seq, "text": text} for seq, text in enumerate(self.texts)]
 
 
+class Deltas:
+    """The reply's text as listeners get it: `llm.delta` events, numbered, each fed to the sentence cutter.
+
+    On a re-run (the worker died mid-reply) the text earlier attempts sent stands: it is fed to the
+    cutter again (its sentences are enqueued already, so nothing is enqueued twice), the first that
+    many characters of the new reply are dropped, and numbering goes on from the last delta sent.
+    At temperature 0 the new reply repeats the old one; otherwise the seam may show, but the text,
+    the events and the spoken sentences still agree.
+    """
+
+    def __init__(self, ctx: StageContext, chunks: Chunks) -> None:
+        self.ctx = ctx
+        self.chunks = chunks
+        earlier = ctx.earlier("llm.delta")
+        self.text = "".join(str(d.get("text") or "") for d in earlier)
+        self.index = len(earlier)
+        self.skip = len(self.text)
+        if self.text:
+            chunks.feed(self.text)
+
+    def add(self, delta: str) -> str:
+        """Send `delta` (less what an earlier attempt already sent); returns what was sent."""
+        if self.skip:
+            dropped = min(self.skip, len(delta))
+            delta, self.skip = delta[dropped:], self.skip - dropped
+        if delta:
+            self.ctx.emit("llm.delta", {"text": delta, "index": self.index})
+            self.index += 1
+            self.text += delta
+        return delta
+
+
 def faq_paraphrase(
     ctx: StageContext, settings: LlmSettings, embedder: MiniLM, text: str, language: str | None
 ) -> tuple[str, float] | None:
@@ -131,13 +165,12 @@ def faq_paraphrase(
     return answer_cache.nearest(ctx.conn, index, embedder.encode(text), settings.llm_faq_paraphrase_threshold)
 
 
-def answer_from_cache(ctx: StageContext, answer: str, chunks: Chunks) -> dict[str, Any]:
+def answer_from_cache(ctx: StageContext, answer: str, deltas: Deltas) -> dict[str, Any]:
     """A cached answer: no LLM call; the text goes out as one delta and all its chunks at once."""
     assert ENGINE is not None
     metrics.inc(metrics.CACHE_HITS, cache="answer")
     jobs.add_cost(ctx.conn, ctx.job_id, cache_hits=1, prompt_tokens=0, completion_tokens=0)
-    ctx.emit("llm.delta", {"text": answer, "index": 0})
-    chunks.feed(answer)
+    deltas.chunks.feed(deltas.add(answer))
     log.info("reply from the answer cache", extra={"job_id": ctx.job_id})
     return ChatResult(text=answer, model=ENGINE.model, prompt_tokens=0, completion_tokens=0,
                       usage_estimated=False, ttft_s=None, finish_reason="stop", retries=0).to_dict()
@@ -150,17 +183,17 @@ def answer_from_llm(
     text: str,
     language: str | None,
     history: list[Any],
-    chunks: Chunks,
+    deltas: Deltas,
 ) -> dict[str, Any]:
     messages = prompts.build(text, system=settings.llm_system_prompt, language=language, history=history,
                              turns=settings.session_max_turns)
     reply = engine.stream(messages)
-    for index, delta in enumerate(reply):
-        ctx.emit("llm.delta", {"text": delta, "index": index})
+    for delta in reply:
+        sent = deltas.add(delta)
         if ctx.cancelled():
             reply.close()
             break
-        chunks.feed(delta)
+        deltas.chunks.feed(sent)
     result = reply.result
     metrics.inc(metrics.LLM_TOKENS, result.prompt_tokens, kind="prompt")
     metrics.inc(metrics.LLM_TOKENS, result.completion_tokens, kind="completion")

@@ -4,7 +4,10 @@ The LLM enqueues one `run_chunk` per sentence while it is still writing, and
 the job's `tts` stage comes after it. Whoever gets to a sentence first claims
 it (HSETNX `claim:tts:<seq>` on the job hash) and speaks it; the stage waits
 for sentences claimed elsewhere, and speaks one itself when its claimer takes
-longer than `tts_chunk_wait_s` (the claimer may have died). Storing a sentence
+longer than `tts_chunk_wait_s` (the claimer may have died). A claim names its
+claimer (the rq job), so when that very job runs again after its worker died (the
+claim is older than a worker takes to be declared dead) it takes the sentence up
+again, within the stage's retry budget. Storing a sentence
 is one optimistic transaction that refuses a second copy, so a late claimer
 cannot duplicate it, and that announces `tts.chunk` events strictly in
 sequence order even when several workers finish out of order.
@@ -22,9 +25,10 @@ import redis
 from services.tts import cache, formats, synth
 from services.tts.config import TtsSettings
 from services.tts.options import SpeakOptions, from_job
-from shared import audio, events, jobs, metrics
+from shared import audio, events, jobs, metrics, queues
 from shared.blobs import RedisBlobStore
 from shared.stage import StageError
+from shared.tenants import OPEN_TENANT
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +43,37 @@ def url(job_id: str, seq: int) -> str:
     return f"/v1/jobs/{job_id}/chunks/{seq}"
 
 
-def claim(conn: redis.Redis, job_id: str, seq: int) -> bool:
-    """Take the sentence for this process; the value is the claim time, so a waiter can tell a stale claim."""
-    return bool(conn.hsetnx(jobs.key(job_id), claim_field(seq), time.time()))
+def claim(conn: redis.Redis, job_id: str, seq: int, owner: str = "") -> bool:
+    """Take the sentence for `owner` (an rq job id); the value is "<claim time> <owner>", so a waiter can
+    tell a stale claim and a re-run of the owner its own."""
+    return bool(conn.hsetnx(jobs.key(job_id), claim_field(seq), f"{time.time()} {owner}".strip()))
+
+
+def _claim(conn: redis.Redis, job_id: str, seq: int) -> tuple[float, str] | None:
+    value = conn.hget(jobs.key(job_id), claim_field(seq))
+    if value is None:
+        return None
+    at, _, owner = (value.decode() if isinstance(value, bytes) else str(value)).partition(" ")
+    return float(at), owner
 
 
 def claimed_at(conn: redis.Redis, job_id: str, seq: int) -> float | None:
-    value = conn.hget(jobs.key(job_id), claim_field(seq))
-    return float(value) if value is not None else None
+    found = _claim(conn, job_id, seq)
+    return found[0] if found else None
+
+
+def claim_owner(conn: redis.Redis, job_id: str, seq: int) -> str | None:
+    found = _claim(conn, job_id, seq)
+    return found[1] if found else None
+
+
+def _abandoned_by(conn: redis.Redis, settings: TtsSettings, job_id: str, seq: int, owner: str) -> bool:
+    """Whether `owner` (this rq job) claimed the sentence in an earlier run that died: a run is re-delivered
+    only once its worker missed heartbeats for `worker_dead_after_s`, so a younger claim by the same rq
+    job is a duplicate delivery still at work, not a dead one."""
+    found = _claim(conn, job_id, seq)
+    stale_s = settings.worker_dead_after_s - settings.worker_job_monitoring_interval_s
+    return found is not None and found[1] == owner and time.time() - found[0] >= stale_s
 
 
 def get(conn: redis.Redis, job_id: str, seq: int) -> dict[str, Any] | None:
@@ -95,7 +122,8 @@ def _synthesize(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines
             cache.put(conn, cache.key_for(result.engine, result.voice, opts.speed, text), wav,
                       settings.tts_cache_ttl_s)
     metrics.inc(metrics.AUDIO_SECONDS, speech.duration_s, stage="tts")
-    blob_id = RedisBlobStore(conn).put(wav, formats.CONTENT_TYPES["wav"], settings.blob_ttl_s)
+    blob_id = RedisBlobStore(conn).put(wav, formats.CONTENT_TYPES["wav"], settings.blob_ttl_s,
+                                       tenant=job.get("tenant", OPEN_TENANT))
     return {"seq": seq, "blob_id": blob_id, "duration_s": round(speech.duration_s, 4),
             "sample_rate": speech.sample_rate, "text": text, **spoken,
             "ready_s": round(time.perf_counter() - start, 4)}
@@ -188,8 +216,17 @@ def produce(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines, jo
     if job is None or job["status"] in jobs.TERMINAL_STATUSES:
         log.info("skipping chunk of a finished job", extra={"job_id": job_id, "seq": seq})
         return None
-    if not claim(conn, job_id, seq):
-        return None
+    owner = queues.rq_job_id(job_id, f"tts{seq}")
+    if not claim(conn, job_id, seq, owner):
+        if not _abandoned_by(conn, settings, job_id, seq, owner) or get(conn, job_id, seq) is not None:
+            return None  # another process has it, or it is done
+        log.warning("re-running a sentence whose worker died", extra={"job_id": job_id, "seq": seq})
+    attempts = conn.hincrby(jobs.key(job_id), f"attempts:tts:{seq}", 1)
+    if attempts > settings.max_attempts("tts"):
+        return commit(conn, settings, job, _failed(
+            seq, text, "retry_budget_exhausted",
+            f"speaking this sentence was started {attempts - 1} times and never finished (its worker died "
+            f"each time); the budget is {settings.max_attempts('tts')}"))
     return speak(conn, settings, engines, job, seq, text)
 
 
@@ -198,16 +235,19 @@ def await_chunk(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines
     """The stage's view of one sentence: stored → it; unclaimed → speak it now; claimed elsewhere → wait, up to
     `tts_chunk_wait_s` from the claim, then speak it here. None when the job is cancelled meanwhile."""
     job_id = str(job["id"])
+    owner = queues.rq_job_id(job_id, "tts")
     while True:
         chunk = get(conn, job_id, seq)
         if chunk is not None:
             return chunk
         if jobs.status(conn, job_id) in (None, "cancelled"):
             return None
-        if claim(conn, job_id, seq):
+        if claim(conn, job_id, seq, owner):
             return speak(conn, settings, engines, job, seq, text)
-        since = claimed_at(conn, job_id, seq)
-        if since is not None and time.time() - since >= settings.tts_chunk_wait_s:
+        if _abandoned_by(conn, settings, job_id, seq, owner):  # an earlier run of this stage died on it
+            return speak(conn, settings, engines, job, seq, text)
+        found = _claim(conn, job_id, seq)
+        if found is not None and time.time() - found[0] >= settings.tts_chunk_wait_s:
             log.warning("chunk claimer is late, speaking the sentence here", extra={"job_id": job_id, "seq": seq})
             return speak(conn, settings, engines, job, seq, text)
         time.sleep(settings.tts_chunk_poll_s)

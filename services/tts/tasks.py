@@ -13,7 +13,7 @@ from typing import Any
 from services.tts import chunks, formats, options, synth
 from services.tts.config import TtsSettings
 from services.tts.engines.base import Speech
-from shared import sentences
+from shared import logs, sentences
 from shared.stage import StageContext, StageError, job_connection
 from shared.stage import run as run_stage
 
@@ -44,7 +44,8 @@ def run_chunk(job_id: str, seq: int, text: str) -> None:
     if ENGINES is None:
         preload()
     assert SETTINGS is not None and ENGINES is not None
-    chunks.produce(job_connection(), SETTINGS, ENGINES, job_id, int(seq), text)
+    with logs.context(job_id=job_id, stage="tts", seq=int(seq)):
+        chunks.produce(job_connection(), SETTINGS, ENGINES, job_id, int(seq), text)
 
 
 def work(ctx: StageContext, engines: synth.Engines | None = None) -> dict[str, Any]:
@@ -76,7 +77,8 @@ def work(ctx: StageContext, engines: synth.Engines | None = None) -> dict[str, A
         done.append(chunk)
     spoken = _spoken(done)
     speech = formats.join([_chunk_speech(ctx, c) for c in spoken])
-    blob_id = ctx.blobs.put(formats.encode(speech, fmt), formats.CONTENT_TYPES[fmt], settings.blob_ttl_s)
+    blob_id = ctx.blobs.put(formats.encode(speech, fmt), formats.CONTENT_TYPES[fmt], settings.blob_ttl_s,
+                            tenant=ctx.job.get("tenant", "public"))
 
     duration_s = sum(float(c["duration_s"]) for c in spoken)
     synth_s = sum(float(c.get("synth_s") or 0.0) for c in spoken)

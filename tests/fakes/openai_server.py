@@ -8,8 +8,9 @@ default step once the script is used up:
         ...
         fake.chat_requests  # what the server received, with monotonic arrival times
 
-`Fail(500)` as default gives "always 500"; `Reply(delay_s=5)` a server slower
-than the client's timeout; `Reply(break_after=3)` a stream cut after three deltas.
+`rotate=[Fail(429, retry_after="1"), Reply()]` answers every other call with 429
+(after the script, instead of the default). `Fail(500)` as default gives "always 500";
+`Reply(delay_s=5)` a server slower than the client's timeout; `Reply(break_after=3)` a stream cut after three deltas.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Recorded:
 class FakeOpenAI:
     script: list[Step] = field(default_factory=list)
     default: Step = field(default_factory=Reply)
+    rotate: list[Step] | None = None  # after the script: these steps in turn, instead of the default
     model: str = "fake-model"
     api_key: str | None = None  # when set, other bearer keys get 401
     requests: list[Recorded] = field(default_factory=list)
@@ -71,6 +73,7 @@ class FakeOpenAI:
     def __post_init__(self) -> None:
         self.script = list(self.script)
         self._lock = threading.Lock()
+        self._turn = 0
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -91,7 +94,13 @@ class FakeOpenAI:
 
     def next_step(self) -> Step:
         with self._lock:
-            return self.script.pop(0) if self.script else self.default
+            if self.script:
+                return self.script.pop(0)
+            if self.rotate:
+                step = self.rotate[self._turn % len(self.rotate)]
+                self._turn += 1
+                return step
+            return self.default
 
     def record(self, rec: Recorded) -> None:
         with self._lock:
@@ -104,7 +113,7 @@ class FakeOpenAI:
 
     def __enter__(self) -> FakeOpenAI:
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _Server(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-openai",
                                         daemon=True)
@@ -117,6 +126,14 @@ class FakeOpenAI:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client killed mid-request is no news
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -3,6 +3,12 @@
 Every call goes through `shared.retry`: 429/5xx, timeouts and dropped
 connections are retried; an unresolvable host is not (it will not resolve in
 the next few seconds, and the caller has a local engine to fall back on).
+
+The text sent is not PII-redacted: it is the reply the caller hears, and a
+redacted reply would read "[PHONE]" to them instead of the number they must
+note down. PII the caller gave never reaches an outside LLM (`llm_redact_pii`),
+so a reply written there cannot repeat it; deployments that must not send any
+reply text to Microsoft keep edge voices off and speak with piper/espeak-ng.
 """
 
 from __future__ import annotations

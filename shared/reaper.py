@@ -1,0 +1,142 @@
+"""Finding jobs whose worker died, and putting them back on their queue.
+
+rq keeps each running job in its queue's StartedJobRegistry (`rq:wip:<queue>`)
+scored with the time its heartbeat runs out; our workers heartbeat every
+`worker_job_monitoring_interval_s` and set that deadline `worker_dead_after_s`
+ahead (`shared.worker`). A job past its deadline lost its worker: a SIGKILLed
+in-process worker, a forking worker's parent (its job process dies with it),
+or a whole container. rq itself would notice only at its next maintenance and
+then fail the job; here every worker runs `Reaper` in a thread, which requeues
+such jobs at the front of their queue within seconds.
+
+Requeueing is one WATCHed transaction on the registry: of two reapers that see
+the same job, one wins and the other's transaction is refused, so a job is
+never enqueued twice; a reaper killed halfway changes nothing. The stage then
+re-runs as a new attempt (`shared.stage` counts them against the budget).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.executions import Execution, ExecutionRegistry
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+
+from shared import metrics, retention
+from shared.config import CommonSettings
+from shared.connection import connect
+
+log = logging.getLogger(__name__)
+
+
+def abandoned(conn: redis.Redis, queue_name: str, now: float | None = None) -> list[str]:
+    """Registry entries (`<rq job id>:<execution id>`) of `queue_name` whose heartbeat ran out."""
+    registry = StartedJobRegistry(queue_name, connection=conn)
+    entries = conn.zrangebyscore(registry.key, 0, time.time() if now is None else now)
+    return [e.decode() if isinstance(e, bytes) else str(e) for e in entries]
+
+
+def requeue(conn: redis.Redis, queue_name: str, entry: str) -> bool:
+    """Put the job of one abandoned registry entry back at the front of its queue, once.
+
+    Returns True if this call requeued it; False if another reaper (or a late heartbeat) got there
+    first, or the job is no longer a started one (then the stale entry is only dropped).
+    """
+    queue = Queue(queue_name, connection=conn)
+    registry = StartedJobRegistry(queue_name, connection=conn)
+    job_id = registry.parse_job_id(entry)
+    with conn.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(registry.key)
+                score = pipe.zscore(registry.key, entry)
+                if score is None or score > time.time():
+                    pipe.unwatch()
+                    return False  # taken by another reaper, or its worker beat again
+                try:
+                    job = Job.fetch(job_id, connection=conn)
+                except NoSuchJobError:
+                    job = None
+                dead = Execution.from_composite_key(entry, conn)
+                pipe.multi()
+                pipe.zrem(registry.key, entry)
+                # Forget the dead execution: rq would later look its (expired) record up and fail the job.
+                pipe.delete(dead.key)
+                pipe.zrem(ExecutionRegistry(job_id=job_id, connection=conn).key, dead.id)
+                started = job is not None and job.get_status(refresh=False) == JobStatus.STARTED
+                if started:
+                    assert job is not None
+                    job.started_at = None
+                    queue.enqueue_job(job, pipeline=pipe, at_front=True)
+                pipe.execute()
+                return started
+            except redis.WatchError:
+                continue  # another job of the queue heartbeated meanwhile: look again
+
+
+def sweep(conn: redis.Redis, queue_names: Sequence[str]) -> list[str]:
+    """Requeue every abandoned job of these queues; returns the rq job ids requeued."""
+    requeued = []
+    for queue_name in queue_names:
+        for entry in abandoned(conn, queue_name):
+            if requeue(conn, queue_name, entry):
+                job_id = StartedJobRegistry.parse_job_id(entry)
+                requeued.append(job_id)
+                metrics.inc(metrics.REQUEUED, queue=queue_name)
+                log.warning("requeued an abandoned job (its worker stopped heartbeating)",
+                            extra={"rq_job_id": job_id, "queue": queue_name})
+    return requeued
+
+
+RETENTION_LOCK = "vq:retention-sweep"
+
+
+class Reaper(threading.Thread):
+    """Sweeps the queues every `worker_reaper_interval_s` for as long as the process lives.
+
+    After it has seen Redis unreachable it holds off for `worker_dead_after_s`: the workers could not
+    heartbeat either, and their jobs must get the chance to beat again before they count as abandoned.
+    """
+
+    def __init__(self, settings: CommonSettings, queue_names: Sequence[str]) -> None:
+        super().__init__(name="reaper", daemon=True)
+        self.settings = settings
+        self.queue_names = list(queue_names)
+        self.stopped = threading.Event()
+        self.quiet_until = 0.0
+
+    def run(self) -> None:
+        conn = connect(self.settings.redis_url)
+        while not self.stopped.wait(self.settings.worker_reaper_interval_s):
+            self.tick(conn)
+
+    def tick(self, conn: redis.Redis) -> None:
+        try:
+            if time.monotonic() >= self.quiet_until:
+                sweep(conn, self.queue_names)
+                self.retention(conn)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.quiet_until = time.monotonic() + self.settings.worker_dead_after_s
+            log.warning("reaper cannot reach Redis; holding off", exc_info=True)
+        except Exception:  # the reaper must outlive any one bad entry
+            log.exception("reaper sweep failed")
+
+    def retention(self, conn: redis.Redis) -> None:
+        """Now and then (one worker per interval, by a lock) give untimed keys their TTL: writes that land
+        after a job was deleted would otherwise recreate its hash for good (shared.retention.sweep)."""
+        interval = int(self.settings.retention_sweep_interval_s)
+        if interval <= 0 or not conn.set(RETENTION_LOCK, 1, nx=True, ex=interval):
+            return
+        done = retention.sweep(conn, self.settings.job_ttl_s)
+        if any(done.values()):
+            log.info("retention sweep", extra=done)
+
+    def paused(self) -> bool:
+        return time.monotonic() < self.quiet_until
