@@ -1,6 +1,6 @@
 """A batch of recorded calls: one Redis hash naming its member jobs.
 
-Fields of `vq:batch:<id>`: `meta` (options, created_at), `n` (members so far),
+Fields of `vq:batch:<id>`: `meta` (options, created_at, tenant), `n` (members so far),
 `member:<seq>` (file, hash, duration_s, job_id — or the reason the file was
 refused) and `hash:<sha256>` → seq, so the same recording sent twice (a
 resumed upload) is one call. Counts, audio seconds and the ETA are derived
@@ -23,6 +23,7 @@ from rq.job import Job as RqJob
 from shared import events, jobs, queues
 from shared.blobs import RedisBlobStore
 from shared.config import CommonSettings
+from shared.tenants import OPEN_TENANT
 
 KIND = "call"
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -44,9 +45,9 @@ def plan(options: dict[str, Any]) -> list[str]:
     return ["asr", "llm"] if options.get("analysis") else ["asr"]
 
 
-def create(conn: redis.Redis, options: dict[str, Any], ttl_s: int) -> str:
+def create(conn: redis.Redis, options: dict[str, Any], ttl_s: int, tenant: str = OPEN_TENANT) -> str:
     batch_id = secrets.token_urlsafe(12)
-    meta = {"options": options, "created_at": time.time()}
+    meta = {"options": options, "created_at": time.time(), "tenant": tenant}
     pipe = conn.pipeline()
     pipe.hset(key(batch_id), mapping={"meta": json.dumps(meta, ensure_ascii=False), "n": 0})
     pipe.expire(key(batch_id), ttl_s)
@@ -56,7 +57,17 @@ def create(conn: redis.Redis, options: dict[str, Any], ttl_s: int) -> str:
 
 def meta(conn: redis.Redis, batch_id: str) -> dict[str, Any] | None:
     raw = conn.hget(key(batch_id), "meta")
-    return json.loads(_text(raw)) if raw else None
+    if not raw:
+        return None
+    info: dict[str, Any] = json.loads(_text(raw))
+    info.setdefault("tenant", OPEN_TENANT)  # batches made before tenants existed
+    return info
+
+
+def owned_meta(conn: redis.Redis, batch_id: str, tenant: str) -> dict[str, Any] | None:
+    """The batch's meta if `tenant` owns it; None for an unknown batch and for another tenant's alike."""
+    info = meta(conn, batch_id)
+    return info if info is not None and info["tenant"] == tenant else None
 
 
 def claim(conn: redis.Redis, batch_id: str, sha: str) -> tuple[int, dict[str, Any] | None]:
@@ -93,15 +104,16 @@ def add_call(
     sha: str,
     info: dict[str, Any],
     options: dict[str, Any],
+    tenant: str = OPEN_TENANT,
 ) -> dict[str, Any]:
-    """Store one accepted recording and enqueue its job on `asr:batch`."""
+    """Store one accepted recording and enqueue its job on `asr:batch`; the job and blob belong to `tenant`."""
     job_id = jobs.new_id()
-    blob_id = RedisBlobStore(conn).put(data, content_type, settings.blob_ttl_s)
+    blob_id = RedisBlobStore(conn).put(data, content_type, settings.blob_ttl_s, tenant=tenant)
     inputs = {"blob_id": blob_id, "filename": filename, **info}
     call_plan = plan(options)
     pipe = conn.pipeline()
     jobs.create(conn, kind=KIND, priority="batch", inputs=inputs, options={**options, "batch_id": batch_id},
-                ttl_s=settings.job_ttl_s, plan=call_plan, job_id=job_id, pipe=pipe)
+                ttl_s=settings.job_ttl_s, plan=call_plan, job_id=job_id, pipe=pipe, tenant=tenant)
     events.append(pipe, job_id, "job.created", {"kind": KIND, "plan": call_plan}, settings.job_ttl_s)
     pipe.execute()
     member = put_member(conn, batch_id, seq, {"file": filename, "hash": sha, "duration_s": info["duration_s"],
@@ -217,3 +229,11 @@ def cancel(conn: redis.Redis, settings: CommonSettings, batch_id: str) -> int:
             RqJob.fetch(queues.rq_job_id(job_id, "asr"), connection=conn).delete()
         cancelled += 1
     return cancelled
+
+
+def purge(conn: redis.Redis, batch_id: str) -> int:
+    """Remove a batch and everything of its calls (records, events, uploads, rq jobs); returns keys deleted."""
+    from shared import retention
+
+    removed = sum(retention.purge_job(conn, m["job_id"]) for m in members(conn, batch_id) if m.get("job_id"))
+    return removed + int(conn.delete(key(batch_id)))

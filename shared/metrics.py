@@ -167,3 +167,14 @@ def _fail_fast(conn: redis.Redis) -> redis.Redis:
               "retry": Retry(NoBackoff(), 0)}
     return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs),
                        retry=Retry(NoBackoff(), 0))
+
+# Privacy (shared.redact): PII replaced before text left for an outside LLM ("llm") or reached a log ("log").
+PII_REDACTIONS = Counter("voicequeue_pii_redactions", "PII found and replaced, by kind and where.", ["kind", "where"])
+_ALL[PII_REDACTIONS._name] = PII_REDACTIONS
+
+# Reliability (shared.reaper, shared.stage): jobs put back after their worker died, stages re-run.
+REQUEUED = Counter("voicequeue_requeued_jobs", "Jobs requeued after their worker stopped heartbeating.", ["queue"])
+STAGE_RERUNS = Counter("voicequeue_stage_reruns", "Stage attempts after the first (a worker died mid-stage).",
+                       ["stage"])
+for _m in (REQUEUED, STAGE_RERUNS):
+    _ALL[_m._name] = _m

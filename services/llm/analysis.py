@@ -175,11 +175,12 @@ def complete(
     elif settings.llm_analysis_json_mode == "json_object":
         options["response_format"] = {"type": "json_object"}
     client = engine.client.with_options(timeout=settings.llm_analysis_timeout_s)
+    outgoing = engine.outgoing(messages)  # PII redacted when the server is outside (llm_redact_pii)
 
     def once() -> Any:
         return client.chat.completions.create(
             model=engine.model,
-            messages=cast("list[ChatCompletionMessageParam]", list(messages)),
+            messages=cast("list[ChatCompletionMessageParam]", outgoing),
             temperature=settings.llm_analysis_temperature,
             max_tokens=settings.llm_analysis_max_tokens,
             **options,

@@ -104,3 +104,13 @@ class LlmSettings(CommonSettings):
         ["agent", "customer"], min_length=1, description="Speakers given a sentiment when the transcript "
         "has no speaker labels (mono audio, no diarisation): the model tells them apart from what they say."
     )
+
+    llm_redact_pii: Literal["auto", "always", "never"] = Field(
+        "auto", description="Replace phone numbers, emails, card and ID numbers with [PHONE], [EMAIL], [CARD], [ID] "
+        "in every message sent to the LLM. 'auto': only when the text leaves for an outside server, i.e. "
+        "llm_base_url's host is not loopback, a private address, a single-label name or *.local/.internal/.svc "
+        "(the bundled llama.cpp server and the compose llm-server are local)."
+    )
+    llm_redact_kinds: list[Literal["phone", "email", "card", "id"]] = Field(
+        ["phone", "email", "card", "id"], description="Which kinds of PII llm_redact_pii replaces."
+    )

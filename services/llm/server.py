@@ -47,7 +47,8 @@ def environment(settings: LlmSettings) -> dict[str, str]:
 
 def main() -> None:
     settings = LlmSettings()
-    logs.setup("llm-server", settings.log_level, settings.log_json)
+    logs.setup("llm-server", settings.log_level, settings.log_json,
+               debug=settings.debug, redact_pii=settings.log_redact_pii)
     argv = command(settings)
     os.execve(argv[0], argv, environment(settings))
 

@@ -6,6 +6,10 @@ until then nothing has reached the caller. A stream that breaks after text
 was handed out is not retried: the text is already emitted (and perhaps
 spoken), and a second sample would not continue it. That fails the stage
 with "upstream_unavailable" instead.
+
+Every message (system prompt, history, the caller's words, analysis prompts)
+passes through `outgoing` on its way out, which replaces PII per
+`llm_redact_pii` (by default only when the server is outside the deployment).
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from services.llm.config import LlmSettings
 from services.llm.engines.base import ChatResult, Message
-from shared import retry
+from shared import redact, retry
 from shared.retry import Retryable, UpstreamError
 
 log = logging.getLogger(__name__)
 
 SERVICE = "llm"
+PLACEHOLDER_NOTE = ("Personal details in this conversation were replaced by placeholders such as [PHONE], [EMAIL], "
+                    "[CARD] and [ID] before they reached you. Treat each as the detail it stands for, and never "
+                    "write a placeholder in your answer: say \"the number you gave\" or \"your email\" instead.")
 
 
 def classify(exc: BaseException) -> Retryable | UpstreamError | None:
@@ -47,6 +54,13 @@ def classify(exc: BaseException) -> Retryable | UpstreamError | None:
     return None
 
 
+def redacts(settings: LlmSettings) -> bool:
+    """Whether PII is replaced in what is sent to `settings.llm_base_url`."""
+    if settings.llm_redact_pii == "auto":
+        return not redact.is_local_url(settings.llm_base_url)
+    return settings.llm_redact_pii == "always"
+
+
 def estimate_tokens(text: str) -> int:
     """Rough token count when the server reports no usage: ~4 characters a token, one per CJK character."""
     cjk = sum(1 for ch in text if "\u3000" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af")
@@ -59,6 +73,20 @@ class OpenAICompatEngine:
         self.model = settings.llm_model
         self._client: openai.OpenAI | None = None
         self._pid = 0
+        self.redacts = redacts(settings)
+        if self.redacts:
+            log.info("PII is redacted from LLM requests", extra={"kinds": settings.llm_redact_kinds})
+
+    def outgoing(self, messages: Sequence[Message]) -> list[Message]:
+        """The messages as they may leave: PII replaced when `llm_redact_pii` says so (counted as where="llm")."""
+        if not self.redacts:
+            return list(messages)
+        kinds = self.settings.llm_redact_kinds
+        out = [Message(role=m["role"], content=redact.scrub(m["content"], kinds, where="llm")) for m in messages]
+        if out and out[0]["role"] == "system" and out != list(messages):
+            # Else the model reads "[PHONE]" back to the caller, or asks what it means.
+            out[0] = Message(role="system", content=f"{out[0]['content']} {PLACEHOLDER_NOTE}")
+        return out
 
     @property
     def client(self) -> openai.OpenAI:
@@ -81,6 +109,7 @@ class OpenAICompatEngine:
         return time.perf_counter() - start
 
     def stream(self, messages: Sequence[Message]) -> OpenAIChatStream:
+        messages = self.outgoing(messages)
         start = time.monotonic()
         attempts = 0
 
@@ -89,7 +118,7 @@ class OpenAICompatEngine:
             attempts += 1
             raw = self.client.chat.completions.create(
                 model=self.model,
-                messages=cast("list[ChatCompletionMessageParam]", list(messages)),
+                messages=cast("list[ChatCompletionMessageParam]", messages),
                 stream=True,
                 stream_options={"include_usage": True},
                 temperature=self.settings.llm_temperature,
