@@ -14,7 +14,9 @@ from typing import Any
 import av
 import numpy as np
 
+from services.asr import diarization
 from services.asr.config import AsrSettings
+from services.asr.diarization.base import Diarizer
 from shared import audio
 from shared.stage import StageError
 
@@ -22,6 +24,7 @@ SAMPLE_RATE = audio.SAMPLE_RATE
 SILENT_VARIANCE = 1e-10  # -100 dBFS: a channel this quiet carries nothing
 DIGITAL_SILENCE_S = 1.0  # runs of exact zeros this long are filled before VAD (see fill_digital_silence)
 NOISE_FLOOR = 1e-4  # -80 dBFS RMS
+DIARIZERS: dict[tuple[str, str | None], Diarizer] = {}
 
 
 def decode(data: bytes, *, split_stereo: bool = False) -> np.ndarray:
@@ -121,3 +124,25 @@ def channel_speakers(options: dict[str, Any], settings: AsrSettings) -> list[str
         raise StageError("bad_channel_speakers", "channel_speakers must be a list of two names: the left "
                                                  f"channel's speaker, then the right's (got {names!r})")
     return [n.strip() for n in names]
+
+
+def diarizer(settings: AsrSettings) -> Diarizer:
+    """The configured diarisation engine, made once per process."""
+    key = (settings.asr_diarization, settings.asr_mono_speaker)
+    if key not in DIARIZERS:
+        DIARIZERS[key] = diarization.make(settings)
+    return DIARIZERS[key]
+
+
+def label_speakers(out: dict[str, Any], heard: list[Track], settings: AsrSettings) -> None:
+    """Name the speakers of a mono recording's segments in the stage result `out` (built from `heard`).
+
+    A two-channel call keeps its channels' names. When any segment gets a name, `out["speakers"]`
+    lists them in order of first appearance, as it does for two-channel calls.
+    """
+    if len(heard) != 1 or heard[0].channel is not None:
+        return
+    out["segments"] = diarizer(settings).assign(heard[0].samples, out["segments"])
+    names = list(dict.fromkeys(s["speaker"] for s in out["segments"] if s.get("speaker")))
+    if names:
+        out["speakers"] = names

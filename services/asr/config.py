@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from services.asr import diarization
 from shared.config import CommonSettings
 
 Priority = Literal["live", "batch"]
@@ -93,4 +94,21 @@ class AsrSettings(CommonSettings):
         description="Niceness the ASR worker process takes on at start (0 to 19). Batch workers set 19, so "
         "that when they share the CPU with a live worker the kernel runs the live turn first.",
     )
+    asr_diarization: str = Field(
+        "none",
+        description='Diarisation engine that names the speakers of a mono recording (two-channel calls are '
+        'named by channel). "none" (default): one speaker, labelled asr_mono_speaker. Engines are listed in '
+        "services/asr/diarization/__init__.py; an unknown name stops the worker at start.",
+    )
+    asr_mono_speaker: str | None = Field(
+        None,
+        description='Speaker label the "none" diarisation engine puts on every segment of a mono recording. '
+        "Unset (default): no label, so subtitles carry no name and the call analysis asks the model to tell "
+        "the talkers apart from what they say.",
+    )
     asr_metrics_port: int = Field(9101, description="Port of the ASR worker's /metrics endpoint.")
+
+    @field_validator("asr_diarization")
+    @classmethod
+    def _known_diarizer(cls, name: str) -> str:
+        return diarization.check(name)

@@ -16,17 +16,22 @@ import jsonschema
 import pytest
 import yaml
 
+from services.gateway.config import GatewaySettings
 from shared.cli.main import parser
+from shared.config import CommonSettings
 from tests.conftest import REPO
 from tests.deploy.conftest import DEPLOY, WORKERS
 from tests.stack import VENV_BIN
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-OURS = ("gateway", *WORKERS, "llm-server")
+ASR_POOLS = {"asr": ["live"], "asr-batch": ["batch"]}  # ASR service -> the queues it takes (as the Procfile)
+OURS = ("gateway", *WORKERS, "asr-batch", "llm-server")
+SCALED = (*WORKERS, "asr-batch")
 SETTINGS_CLASS = {
     "gateway": "services.gateway.config:GatewaySettings",
     "asr": "services.asr.config:AsrSettings",
+    "asr-batch": "services.asr.config:AsrSettings",
     "llm": "services.llm.config:LlmSettings",
     "tts": "services.tts.config:TtsSettings",
     "llm-server": "services.llm.config:LlmSettings",
@@ -35,6 +40,7 @@ SETTINGS_CLASS = {
 PORT_SETTING = {
     "gateway": "gateway_port",
     "asr": "asr_metrics_port",
+    "asr-batch": "asr_metrics_port",
     "llm": "llm_metrics_port",
     "tts": "tts_metrics_port",
     "llm-server": "llm_server_port",
@@ -56,7 +62,10 @@ def vq_names(value: Any) -> set[str]:
 
 
 def dockerfile(service: str) -> str:
-    return (REPO / SERVICES[service]["build"]["dockerfile"]).read_text()
+    """The Dockerfile of the image a service runs (asr-batch runs the image the asr service builds)."""
+    image = SERVICES[service]["image"]
+    builder = next(s for s in SERVICES.values() if s.get("image") == image and "build" in s)
+    return (REPO / builder["build"]["dockerfile"]).read_text()
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -76,7 +85,8 @@ def test_compose_is_valid_against_the_compose_spec_schema() -> None:
 
 
 def test_the_stack_has_every_service() -> None:
-    assert set(SERVICES) == {"redis", "gateway", "asr", "llm", "tts", "llm-server", "prometheus", "grafana"}
+    assert set(SERVICES) == {"redis", "gateway", "asr", "asr-batch", "llm", "tts", "llm-server", "prometheus",
+                             "grafana"}
     redis = SERVICES["redis"]
     assert re.match(r"redis:7\.\d+\.\d+", redis["image"])
     assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
@@ -91,11 +101,12 @@ def test_every_service_restarts_is_health_checked_and_limited(service: str) -> N
     assert check[0] == "CMD" and len(check) > 1
     limits = svc["deploy"]["resources"]["limits"]
     assert float(limits["cpus"]) > 0 and re.fullmatch(r"\d+[mg]", limits["memory"])
-    if "image" in svc and "build" not in svc:  # third-party images are pinned to a release
+    built = {s["image"] for s in SERVICES.values() if "build" in s}
+    if svc.get("image") not in built:  # third-party images are pinned to a release
         assert re.search(r":v?\d+\.\d+\.\d+", svc["image"]), svc["image"]
 
 
-@pytest.mark.parametrize("service", WORKERS)
+@pytest.mark.parametrize("service", SCALED)
 def test_workers_scale_without_changes(service: str) -> None:
     svc = SERVICES[service]
     # A fixed host port or container name would make `--scale` fail on the second replica.
@@ -106,6 +117,19 @@ def test_workers_scale_without_changes(service: str) -> None:
     grace = svc["stop_grace_period"]
     seconds = int(grace[:-1]) * {"s": 1, "m": 60}[grace[-1]]
     assert seconds >= 120
+    if service == "llm":  # a call analysis runs up to its own rq timeout
+        assert seconds >= CommonSettings().job_timeout_llm_s
+
+
+def test_compose_gateway_requires_api_keys() -> None:
+    assert SERVICES["gateway"]["environment"]["VQ_AUTH_REQUIRED"] == "true"
+    assert GatewaySettings(auth_required=SERVICES["gateway"]["environment"]["VQ_AUTH_REQUIRED"]).auth_required
+
+
+def test_compose_redis_is_durable() -> None:
+    command = SERVICES["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "everysec"
 
 
 @pytest.mark.parametrize("service", OURS)
@@ -184,9 +208,31 @@ def test_grafana_is_provisioned_with_the_dashboard() -> None:
 def test_prometheus_scrapes_every_service_on_its_port() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
-    for service in ("gateway", *WORKERS):
+    for service in ("gateway", *SCALED):
         sd = jobs[service]["dns_sd_configs"][0]
         assert sd["names"] == [service]  # every replica, however many `--scale` made
         assert str(sd["port"]) == str(SERVICES[service]["environment"][f"VQ_{PORT_SETTING[service].upper()}"])
     mounted = {v.split(":")[1] for v in SERVICES["prometheus"]["volumes"] if v.startswith("./")}
     assert {"/etc/prometheus/prometheus.yml", "/etc/prometheus/alerts.yml"} <= mounted
+
+
+def test_asr_runs_a_live_only_and_a_niced_batch_only_service() -> None:
+    """As the Procfile: live turns never queue behind a recorded call, and the batch worker yields the CPU."""
+    settings = importlib.import_module("services.asr.config").AsrSettings
+    seen = {}
+    for service, queues_taken in ASR_POOLS.items():
+        env = SERVICES[service]["environment"]
+        # The value really parses as the setting (a JSON list of priorities), not just a plausible string.
+        parsed = settings.model_validate({"asr_worker_priorities": json.loads(env["VQ_ASR_WORKER_PRIORITIES"])})
+        assert parsed.asr_worker_priorities == queues_taken, service
+        seen[service] = int(env.get("VQ_ASR_WORKER_NICE", "0"))
+        assert SERVICES[service]["command"] == ["voicequeue", "worker", "asr"]
+    assert SERVICES["asr-batch"]["image"] == SERVICES["asr"]["image"]
+    assert seen == {"asr": 0, "asr-batch": 19}
+    # Each container is its own cgroup, where niceness does not reach: the CPU weight must say it too.
+    assert SERVICES["asr-batch"]["cpu_shares"] < SERVICES["asr"].get("cpu_shares", 1024) / 100
+    # The batch worker may hold a 2 h recording (~30 min on CPU) when told to stop.
+    grace = SERVICES["asr-batch"]["stop_grace_period"]
+    assert int(grace[:-1]) * {"s": 1, "m": 60}[grace[-1]] >= 1800
+    # Between them every ASR queue has a worker.
+    assert sorted(q for qs in ASR_POOLS.values() for q in qs) == sorted(settings().asr_worker_priorities)

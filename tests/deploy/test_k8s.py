@@ -16,6 +16,7 @@ import yaml
 
 from shared import queues
 from shared.cli.main import parser
+from shared.config import CommonSettings
 from tests.deploy.conftest import DEPLOY, WORKERS, tool
 from tests.deploy.test_compose import PORT_SETTING, settings_fields
 
@@ -23,7 +24,8 @@ OVERLAYS = sorted(p.name for p in (DEPLOY / "k8s/overlays").iterdir() if (p / "k
 K8S_VERSION = "1.30.0"
 POOLS = [f"{stage}-{pool}" for stage in WORKERS for pool in queues.PRIORITIES]
 # How long each worker's longest job may run (rq timeout scales with audio; docs/deploy.md).
-LONGEST_JOB_S = {"asr": 1800, "llm": 120, "tts": 120}
+# The llm stage's longest job is a call analysis, bounded by its own rq timeout.
+LONGEST_JOB_S = {"asr": 1800, "llm": int(CommonSettings().job_timeout_llm_s), "tts": 120}
 
 
 @functools.cache
@@ -143,8 +145,34 @@ def test_keda_scales_each_worker_pool_on_its_rq_list(overlay: str) -> None:
         assert grace >= LONGEST_JOB_S[stage], f"{name}: {grace} s grace is shorter than its longest job"
         if pool == "batch":
             assert spec["cooldownPeriod"] >= LONGEST_JOB_S[stage] and window >= LONGEST_JOB_S[stage]
-        # Every pool works live first (shared/worker.py), so it may hold a long batch job: same grace.
+        # llm/tts pools work live first, then batch, so either may hold a batch job; asr-live may hold a long
+        # /v1/audio/transcriptions upload: the same grace everywhere.
         assert grace == deployments[f"{stage}-live"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_asr_live_pool_takes_only_live_and_the_batch_pool_only_batch(overlay: str) -> None:
+    """As the Procfile and compose: a live turn never waits behind a recorded call on an in-process worker."""
+    from services.asr.config import AsrSettings
+
+    deployments = objects(overlay, "Deployment")
+    scaled = objects(overlay, "ScaledObject")
+    for pool in queues.PRIORITIES:
+        name = f"asr-{pool}"
+        (c,) = containers(deployments[name])
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        taken = AsrSettings.model_validate(
+            {"asr_worker_priorities": yaml.safe_load(env["VQ_ASR_WORKER_PRIORITIES"])}).asr_worker_priorities
+        assert taken == [pool], f"{name} takes {taken}"
+        # KEDA scales the pool on exactly the list its workers drain.
+        listed = scaled[name]["spec"]["triggers"][0]["metadata"]["listName"]
+        assert listed == f"rq:queue:{queues.name('asr', pool)}"
+        assert int(env.get("VQ_ASR_WORKER_NICE") or 0) == (19 if pool == "batch" else 0)
+    # The llm and tts pools take both queues, live first (their workers have no priority setting).
+    for stage in ("llm", "tts"):
+        for pool in queues.PRIORITIES:
+            (c,) = containers(deployments[f"{stage}-{pool}"])
+            assert not any("PRIORITIES" in e["name"] for e in c["env"])
 
 
 def test_dev_runs_its_own_redis_and_prod_expects_a_managed_one() -> None:
