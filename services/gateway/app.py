@@ -11,6 +11,9 @@ import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from prometheus_client import REGISTRY, Counter, Histogram
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry as SyncRetry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway import errors, idempotency, limits, openapi
@@ -61,8 +64,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         global _collector_registered
         app.state.settings = settings
-        app.state.redis = redis.Redis.from_url(settings.redis_url)
-        app.state.aredis = aioredis.Redis.from_url(settings.redis_url)
+        # A pooled connection Redis dropped (restart, overload) is retried on a fresh one, briefly,
+        # instead of failing the request.
+        retried = [redis.ConnectionError, redis.TimeoutError]
+        app.state.redis = redis.Redis.from_url(
+            settings.redis_url, retry=SyncRetry(ExponentialBackoff(0.5, 0.05), 3), retry_on_error=retried)
+        app.state.aredis = aioredis.Redis.from_url(
+            settings.redis_url, retry=AsyncRetry(ExponentialBackoff(0.5, 0.05), 3), retry_on_error=retried)
         if not _collector_registered:
             REGISTRY.register(metrics.QueueDepthCollector(app.state.redis, queues.all_names()))
             REGISTRY.register(metrics.WorkersCollector(app.state.redis, queues.all_names()))
