@@ -20,7 +20,7 @@ import redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RqJob
 
-from shared import events, jobs, queues
+from shared import events, jobs, queues, retention
 from shared.blobs import RedisBlobStore
 from shared.config import CommonSettings
 from shared.tenants import OPEN_TENANT
@@ -233,7 +233,5 @@ def cancel(conn: redis.Redis, settings: CommonSettings, batch_id: str) -> int:
 
 def purge(conn: redis.Redis, batch_id: str) -> int:
     """Remove a batch and everything of its calls (records, events, uploads, rq jobs); returns keys deleted."""
-    from shared import retention
-
     removed = sum(retention.purge_job(conn, m["job_id"]) for m in members(conn, batch_id) if m.get("job_id"))
     return removed + int(conn.delete(key(batch_id)))

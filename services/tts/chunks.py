@@ -28,7 +28,6 @@ from services.tts.options import SpeakOptions, from_job
 from shared import audio, events, jobs, metrics, queues
 from shared.blobs import RedisBlobStore
 from shared.stage import StageError
-from shared.tenants import OPEN_TENANT
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ def _synthesize(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines
                       settings.tts_cache_ttl_s)
     metrics.inc(metrics.AUDIO_SECONDS, speech.duration_s, stage="tts")
     blob_id = RedisBlobStore(conn).put(wav, formats.CONTENT_TYPES["wav"], settings.blob_ttl_s,
-                                       tenant=job.get("tenant", OPEN_TENANT))
+                                       tenant=job["tenant"])
     return {"seq": seq, "blob_id": blob_id, "duration_s": round(speech.duration_s, 4),
             "sample_rate": speech.sample_rate, "text": text, **spoken,
             "ready_s": round(time.perf_counter() - start, 4)}

@@ -78,7 +78,7 @@ def work(ctx: StageContext, engines: synth.Engines | None = None) -> dict[str, A
     spoken = _spoken(done)
     speech = formats.join([_chunk_speech(ctx, c) for c in spoken])
     blob_id = ctx.blobs.put(formats.encode(speech, fmt), formats.CONTENT_TYPES[fmt], settings.blob_ttl_s,
-                            tenant=ctx.job.get("tenant", "public"))
+                            tenant=ctx.job["tenant"])
 
     duration_s = sum(float(c["duration_s"]) for c in spoken)
     synth_s = sum(float(c.get("synth_s") or 0.0) for c in spoken)

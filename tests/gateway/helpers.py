@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import wave
 from typing import Any
 
@@ -102,3 +103,14 @@ def jobs_and_queues(conn: Any) -> tuple[int, int]:
 
     n_jobs = sum(1 for k in conn.scan_iter("vq:job:*") if k.count(b":") == 2)
     return n_jobs, sum(conn.llen(f"rq:queue:{q}") for q in queues.all_names())
+
+
+def wait_finished(client: httpx.Client, batch_id: str, timeout_s: float = 600) -> dict[str, Any]:
+    """Poll a batch until every call is done, failed or cancelled."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        summary = client.get(f"/v1/batches/{batch_id}").json()
+        if summary["finished"]:
+            return dict(summary)
+        time.sleep(0.5)
+    raise TimeoutError(f"batch {batch_id} did not finish in {timeout_s} s")

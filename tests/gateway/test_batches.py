@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from shared.textnorm import cer, wer
-from tests.gateway.helpers import wav_bytes
+from tests.gateway.helpers import wait_finished, wav_bytes
 
 ENGLISH = {  # file → WER bound (tiny.en on CPU)
     "en_short/jfk.flac": 0.10,
@@ -24,16 +24,6 @@ ENGLISH = {  # file → WER bound (tiny.en on CPU)
 }
 STEREO = "en_short/fw_stereo_diarization.wav"
 MANDARIN = "zh/aishell1_BAC009S0724W0121.wav"
-
-
-def wait_finished(client: httpx.Client, batch_id: str, timeout_s: float = 600) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        summary = client.get(f"/v1/batches/{batch_id}").json()
-        if summary["finished"]:
-            return dict(summary)
-        time.sleep(0.5)
-    raise TimeoutError(f"batch {batch_id} did not finish in {timeout_s} s")
 
 
 def rows_by_file(client: httpx.Client, batch_id: str) -> dict[str, dict[str, Any]]:

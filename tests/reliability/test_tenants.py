@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import redis
 
 from shared import jobs, sessions, tenants
 from tests.conftest import started_stack
-from tests.gateway.helpers import read_sse
+from tests.gateway.helpers import read_sse, wait_finished
 from tests.stack import Stack, free_port, wait_http
 
 CLIP = "en_short/jfk.flac"
@@ -230,16 +229,6 @@ def test_same_session_id_two_tenants_two_histories(a: httpx.Client, b: httpx.Cli
     assert a.delete("/v1/sessions/s1").status_code == 204
 
 
-def _wait_finished(client: httpx.Client, batch_id: str, timeout_s: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        summary = client.get(f"/v1/batches/{batch_id}").json()
-        if summary["finished"]:
-            return dict(summary)
-        time.sleep(0.5)
-    raise TimeoutError(f"batch {batch_id} did not finish in {timeout_s} s")
-
-
 def test_batches_and_their_inputs_are_invisible_to_other_tenants(a: httpx.Client, b: httpx.Client,
                                                                  speech: Path, db: redis.Redis) -> None:
     audio = (speech / CLIP).read_bytes()
@@ -248,7 +237,7 @@ def test_batches_and_their_inputs_are_invisible_to_other_tenants(a: httpx.Client
     batch_id = r.json()["id"]
     member_job = r.json()["calls"][0]["job_id"]
     assert jobs.load(db, member_job)["tenant"] == "tenant-a"  # type: ignore[index]
-    summary = _wait_finished(a, batch_id)
+    summary = wait_finished(a, batch_id, 300)
     assert summary["counts"]["done"] == 1
 
     fake = _fake_like(batch_id)
@@ -275,7 +264,7 @@ def test_batches_and_their_inputs_are_invisible_to_other_tenants(a: httpx.Client
         assert got.text == unknown.text.replace(_fake_like(ident), ident)
     mine = a.post("/v1/batches", json={"inputs": [member_job], "options": {"language": "en"}})
     assert mine.status_code == 202, mine.text
-    second = _wait_finished(a, mine.json()["id"])
+    second = wait_finished(a, mine.json()["id"], 300)
     assert second["counts"]["done"] == 1
 
 
