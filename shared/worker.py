@@ -34,8 +34,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 import redis
 from prometheus_client import REGISTRY, start_http_server
@@ -48,17 +49,84 @@ from rq.worker import BaseWorker, WorkerStatus
 from shared import logs, metrics, queues, reaper
 from shared.config import CommonSettings
 from shared.connection import connect
+from shared.stage import Work
+from shared.stage import run as run_stage
 
 log = logging.getLogger(__name__)
 
+S = TypeVar("S", bound=CommonSettings)
+R = TypeVar("R", bound="Loaded")
+
+
+class Loaded(Protocol):
+    """What a service's `load` returns: its models and engines, and what each took to load."""
+
+    @property
+    def load_seconds(self) -> dict[str, float]: ...
+
+
+Task = Callable[..., None]  # (conn, settings, resources, *the rq job's args)
+
+
+@dataclass(frozen=True)
+class Service(Generic[S, R]):
+    """A stage service as its worker runs it: `load(settings)` once per process, then `work(ctx)` for each
+    job of `stage` and `tasks[name](conn, settings, resources, *args)` for each job naming another task
+    (`shared.queues.CHUNK_TASK`). `fork_safe`: its models survive fork (VQ_WORKER_FORK may fork per job)."""
+
+    stage: str
+    load: Callable[[S], R]
+    work: Work[R]
+    tasks: Mapping[str, Task] = field(default_factory=dict)
+    fork_safe: bool = True
+
+
+@dataclass
+class Running(Generic[S, R]):
+    """A service with its resources loaded: what every job of this worker runs with."""
+
+    service: Service[S, R]
+    settings: S
+    resources: R
+
+    def perform(self, conn: redis.Redis, func_name: str, args: Sequence[Any]) -> None:
+        if func_name == queues.STAGE_TASK:
+            (job_id,) = args
+            run_stage(self.service.stage, str(job_id), conn, self.settings, self.service.work, self.resources)
+        elif func_name in self.service.tasks:
+            self.service.tasks[func_name](conn, self.settings, self.resources, *args)
+        else:
+            raise RuntimeError(f"the {self.service.stage} worker has no task {func_name!r}")
+
+
+class StageJob(Job):
+    """An rq job run by the worker's service (`Running.perform`) rather than by importing its function:
+    the function names only say which task it is."""
+
+    running: Running[Any, Any] | None = None
+
+    def _execute(self) -> Any:
+        if self.running is None:
+            raise RuntimeError("a voicequeue job ran outside `voicequeue worker`")
+        self.running.perform(self.connection, str(self.func_name), self.args)
+        return None
+
 
 class Heartbeats:
-    """A running job's heartbeat deadline `dead_after_s` ahead, not rq's interval + 60 s, so the reaper can
-    tell a dead worker within seconds; and rq's registry maintenance without its abandoned-job pass."""
+    """What both worker classes add to rq's: each job runs with the worker's loaded service; a running job's
+    heartbeat deadline is `dead_after_s` ahead, not rq's interval + 60 s, so the reaper can tell a dead
+    worker within seconds; and rq's registry maintenance runs without its abandoned-job pass."""
 
     dead_after_s = 12
+    running: Running[Any, Any] | None = None
     queues: list[Queue]
     last_cleaned_at: Any
+
+    def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
+        if isinstance(job, StageJob):
+            job.running = self.running
+        performed: bool = super().perform_job(job, queue, execution)  # type: ignore[misc]
+        return performed
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return int(self.dead_after_s)
@@ -75,7 +143,7 @@ class Heartbeats:
                 worker_registration.clean_worker_registry(queue)
                 queue.intermediate_queue.cleanup(self, queue)  # type: ignore[arg-type]
             finally:
-                queue.release_maintenance_lock()
+                queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
         self.last_cleaned_at = rq_now()
 
 
@@ -134,40 +202,42 @@ def _die_with_parent() -> None:
 
 
 def serve(
-    stage: str,
-    settings: CommonSettings,
+    service: Service[S, R],
+    settings: S,
     metrics_port: int,
-    preload: Callable[[], dict[str, float]],
     *,
-    fork_safe: bool = True,
     priorities: Sequence[str] = queues.PRIORITIES,
 ) -> None:
-    """Load models, expose /metrics, then work `<stage>:live` before `<stage>:batch` until stopped.
+    """Load the service once, expose /metrics, then work `<stage>:live` before `<stage>:batch` until stopped.
 
-    `preload` loads the engines and returns {model name: load seconds}. Jobs fork only when
-    `settings.worker_fork` asks for it and the engines are `fork_safe`. `priorities`: the queues
-    taken, in order (a live-only worker stays free for live turns while others work through a batch).
+    Jobs fork only when `settings.worker_fork` asks for it and the service is `fork_safe`. `priorities`:
+    the queues taken, in order (a live-only worker stays free for live turns while others work through a
+    batch).
     """
-    names = [queues.name(stage, p) for p in priorities]
-    fork = settings.worker_fork and fork_safe
-    logs.setup(f"{stage}-worker", settings.log_level, settings.log_json,
+    stage_name = service.stage
+    names = [queues.name(stage_name, p) for p in priorities]
+    fork = settings.worker_fork and service.fork_safe
+    logs.setup(f"{stage_name}-worker", settings.log_level, settings.log_json,
                debug=settings.debug, redact_pii=settings.log_redact_pii)
-    conn = connect(settings.redis_url, wait_s=30)
-    for model, seconds in preload().items():
-        metrics.set_gauge(metrics.MODEL_LOAD, seconds, stage=stage, model=model)
-        log.info("model loaded", extra={"stage": stage, "model": model, "seconds": round(seconds, 3)})
+    conn = connect(settings, wait_s=30)
+    resources = service.load(settings)
+    for model, seconds in resources.load_seconds.items():
+        metrics.set_gauge(metrics.MODEL_LOAD, seconds, stage=stage_name, model=model)
+        log.info("model loaded", extra={"stage": stage_name, "model": model, "seconds": round(seconds, 3)})
     if fork:
         gc.collect()
         gc.freeze()  # keep the refcount/GC passes of job processes off the parent's (model) pages
-    REGISTRY.register(metrics.QueueDepthCollector(conn, queues.names_for(stage)))  # every queue of the stage
+    REGISTRY.register(metrics.QueueDepthCollector(conn, queues.names_for(stage_name)))  # every queue of the stage
     start_http_server(metrics_port)
     worker_class = ForkingWorker if fork else InProcessWorker
     worker_class.dead_after_s = settings.worker_dead_after_s
+    worker_class.running = Running(service, settings, resources)
     reaper.Reaper(settings, queues.all_names()).start()
-    log.info("worker ready", extra={"stage": stage, "mode": "fork" if fork else "in-process", "queues": names})
+    log.info("worker ready", extra={"stage": stage_name, "mode": "fork" if fork else "in-process", "queues": names})
     work_until_stopped(lambda: worker_class(
         names,
         connection=conn,
+        job_class=StageJob,
         job_monitoring_interval=settings.worker_job_monitoring_interval_s,
         maintenance_interval=settings.worker_maintenance_interval_s,
     ), conn, settings)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import redis
 
-from shared import tenants
+from services.gateway import keystore
+from shared.tenants import OPEN_TENANT
 from tests.stack import free_port
 
 VOICEQUEUE = str(Path(sys.executable).parent / "voicequeue")
@@ -42,7 +43,7 @@ def everything_in(conn: redis.Redis) -> bytes:
 
 def test_create_list_revoke(redis_url: str, conn: redis.Redis) -> None:
     assert keys_cli(redis_url, "list").returncode == 0
-    assert not tenants.auth_enabled(conn, required=False)
+    assert not keystore.auth_enabled(conn, required=False)
 
     made = keys_cli(redis_url, "create", "--tenant", "acme")
     assert made.returncode == 0, made.stderr
@@ -51,11 +52,11 @@ def test_create_list_revoke(redis_url: str, conn: redis.Redis) -> None:
     assert m, made.stdout  # stdout is the key alone, so scripts can capture it
     key_id, secret = m.groups()
     assert key_id in made.stderr and "acme" in made.stderr and secret not in made.stderr
-    assert tenants.tenant_of(conn, key) == "acme"
-    assert tenants.auth_enabled(conn, required=False)
+    assert keystore.tenant_of(conn, key) == "acme"
+    assert keystore.auth_enabled(conn, required=False)
 
     other = keys_cli(redis_url, "create", "--tenant", "globex").stdout.strip()
-    assert tenants.tenant_of(conn, other) == "globex" and other != key
+    assert keystore.tenant_of(conn, other) == "globex" and other != key
 
     # Stored only as SHA-256: neither the key nor its secret part is anywhere in Redis.
     dump = everything_in(conn)
@@ -73,7 +74,7 @@ def test_create_list_revoke(redis_url: str, conn: redis.Redis) -> None:
 
     gone = keys_cli(redis_url, "revoke", key_id)
     assert gone.returncode == 0 and key_id in gone.stdout
-    assert tenants.tenant_of(conn, key) is None
+    assert keystore.tenant_of(conn, key) is None
     assert key_id not in keys_cli(redis_url, "list").stdout
 
     again = keys_cli(redis_url, "revoke", key_id)
@@ -83,11 +84,11 @@ def test_create_list_revoke(redis_url: str, conn: redis.Redis) -> None:
 
     # Revoking by the whole key works too.
     assert keys_cli(redis_url, "revoke", other).returncode == 0
-    assert tenants.tenant_of(conn, other) is None
-    assert tenants.list_keys(conn) == []
+    assert keystore.tenant_of(conn, other) is None
+    assert keystore.list_keys(conn) == []
     # Revoking the last key must not reopen the API to everyone.
-    assert tenants.auth_enabled(conn, required=False)
-    reserved = keys_cli(redis_url, "create", "--tenant", tenants.OPEN_TENANT)
+    assert keystore.auth_enabled(conn, required=False)
+    reserved = keys_cli(redis_url, "create", "--tenant", OPEN_TENANT)
     assert reserved.returncode == 2 and "reserved" in reserved.stderr
 
 
@@ -96,7 +97,7 @@ def test_bad_tenant_name_and_unreachable_redis(redis_url: str, conn: redis.Redis
         r = keys_cli(redis_url, "create", "--tenant", bad)
         assert r.returncode == 2, (bad, r.stdout)
         assert "tenant name" in r.stderr
-    assert tenants.list_keys(conn) == []
+    assert keystore.list_keys(conn) == []
 
     dead = f"redis://127.0.0.1:{free_port()}/0"
     r = keys_cli(dead, "list")

@@ -14,17 +14,16 @@ from typing import Any
 import av
 import numpy as np
 
-from services.asr import diarization
 from services.asr.config import AsrSettings
 from services.asr.diarization.base import Diarizer
 from shared import audio
+from shared.jobs import Options
 from shared.stage import StageError
 
 SAMPLE_RATE = audio.SAMPLE_RATE
 SILENT_VARIANCE = 1e-10  # -100 dBFS: a channel this quiet carries nothing
 DIGITAL_SILENCE_S = 1.0  # runs of exact zeros this long are filled before VAD (see fill_digital_silence)
 NOISE_FLOOR = 1e-4  # -80 dBFS RMS
-DIARIZERS: dict[tuple[str, str | None], Diarizer] = {}
 
 
 def decode(data: bytes, *, split_stereo: bool = False) -> np.ndarray:
@@ -102,7 +101,7 @@ class Track:
     speaker: str | None = None
 
 
-def tracks(data: bytes, channels: int, settings: AsrSettings, options: dict[str, Any]) -> list[Track]:
+def tracks(data: bytes, channels: int, settings: AsrSettings, options: Options) -> list[Track]:
     """One mono track, or one track per channel when the two channels carry different signals."""
     if channels != 2:
         return [Track(decode(data))]
@@ -118,23 +117,15 @@ def tracks(data: bytes, channels: int, settings: AsrSettings, options: dict[str,
     return [Track(heard[i], i, speakers[i]) for i in range(2)]
 
 
-def channel_speakers(options: dict[str, Any], settings: AsrSettings) -> list[str]:
-    names = options.get("channel_speakers") or settings.asr_channel_speakers
+def channel_speakers(options: Options, settings: AsrSettings) -> list[str]:
+    names = options.channel_speakers or settings.asr_channel_speakers
     if not (isinstance(names, list) and len(names) == 2 and all(isinstance(n, str) and n.strip() for n in names)):
         raise StageError("bad_channel_speakers", "channel_speakers must be a list of two names: the left "
                                                  f"channel's speaker, then the right's (got {names!r})")
     return [n.strip() for n in names]
 
 
-def diarizer(settings: AsrSettings) -> Diarizer:
-    """The configured diarisation engine, made once per process."""
-    key = (settings.asr_diarization, settings.asr_mono_speaker)
-    if key not in DIARIZERS:
-        DIARIZERS[key] = diarization.make(settings)
-    return DIARIZERS[key]
-
-
-def label_speakers(out: dict[str, Any], heard: list[Track], settings: AsrSettings) -> None:
+def label_speakers(out: dict[str, Any], heard: list[Track], diarizer: Diarizer) -> None:
     """Name the speakers of a mono recording's segments in the stage result `out` (built from `heard`).
 
     A two-channel call keeps its channels' names. When any segment gets a name, `out["speakers"]`
@@ -142,7 +133,7 @@ def label_speakers(out: dict[str, Any], heard: list[Track], settings: AsrSetting
     """
     if len(heard) != 1 or heard[0].channel is not None:
         return
-    out["segments"] = diarizer(settings).assign(heard[0].samples, out["segments"])
+    out["segments"] = diarizer.assign(heard[0].samples, out["segments"])
     names = list(dict.fromkeys(s["speaker"] for s in out["segments"] if s.get("speaker")))
     if names:
         out["speakers"] = names

@@ -6,24 +6,35 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from services.asr import channels
+from services.asr import channels, diarization, script
 from services.asr.config import AsrSettings
+from services.asr.diarization.base import Diarizer
 from services.asr.engines.base import AsrEngine, Confidence, Segment, Transcript
 from shared import jobs, languages, metrics, models
-from shared.stage import StageContext, StageError, job_connection
-from shared.stage import run as run_stage
+from shared.jobs import AsrResult, Job, Options
+from shared.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
 
 
-SETTINGS: AsrSettings | None = None
-ENGINES: dict[tuple[Any, ...], AsrEngine] = {}
-
-
 class Cancelled(Exception):
     """The job was cancelled while its audio was being transcribed."""
+
+
+@dataclass
+class Resources:
+    """What the ASR worker loads once: an engine per whisper model (English, multilingual), the diarizer."""
+
+    settings: AsrSettings
+    engines: dict[str, AsrEngine]
+    diarizer: Diarizer
+    load_seconds: dict[str, float]
+
+    def engine(self, model: str) -> AsrEngine:
+        return self.engines[model]
 
 
 def make_engine(settings: AsrSettings, model: str) -> AsrEngine:
@@ -40,45 +51,21 @@ def make_engine(settings: AsrSettings, model: str) -> AsrEngine:
                                confidence=confidence)
 
 
-def _key(settings: AsrSettings, model: str) -> tuple[Any, ...]:
-    return (settings.asr_engine, model, settings.asr_compute_type, settings.asr_cpu_threads,
-            settings.asr_low_conf_logprob, settings.asr_low_conf_no_speech, str(settings.models_dir))
+def load(settings: AsrSettings) -> Resources:
+    """The English and the multilingual model, loaded, and the configured diarisation engine."""
+    engines: dict[str, AsrEngine] = {}
+    seconds: dict[str, float] = {}
+    for model in dict.fromkeys((settings.asr_model, settings.asr_multilingual_model)):
+        engines[model] = make_engine(settings, model)
+        seconds[model] = engines[model].load(None)
+    return Resources(settings, engines, diarization.make(settings), seconds)
 
 
-def engine(settings: AsrSettings, model: str) -> AsrEngine:
-    """The engine for `model` under these settings, made once per process."""
-    key = _key(settings, model)
-    if key not in ENGINES:
-        ENGINES[key] = make_engine(settings, model)
-    return ENGINES[key]
-
-
-def preload(settings: AsrSettings | None = None, *, forking: bool = False) -> dict[str, float]:
-    """Load the English and the multilingual model; returns {model: load seconds}.
-
-    `forking`: the caller forks job processes after this, so load single-threaded
-    (see the engines' notes on fork); each job process then finishes loading itself.
-    """
-    global SETTINGS
-    SETTINGS = settings or AsrSettings()
-    seconds = {}
-    for model in dict.fromkeys((SETTINGS.asr_model, SETTINGS.asr_multilingual_model)):
-        seconds[model] = engine(SETTINGS, model).load(1 if forking else None)
-    channels.diarizer(SETTINGS)  # a configured diarisation engine loads now, not on the first call
-    return seconds
-
-
-def run(job_id: str) -> None:
-    """rq entry point."""
-    settings = SETTINGS or AsrSettings()
-    run_stage("asr", job_id, job_connection(), settings, work)
-
-
-def choose(settings: AsrSettings, language: str | None) -> tuple[AsrEngine, str | None]:
+def choose(resources: Resources, language: str | None) -> tuple[AsrEngine, str | None]:
     """The engine for a language, and the language to ask it for (None: let it detect)."""
-    primary = engine(settings, settings.asr_model)
+    primary = resources.engine(resources.settings.asr_model)
     if language not in (None, "en") and not primary.multilingual:
-        primary = engine(settings, settings.asr_multilingual_model)
+        primary = resources.engine(resources.settings.asr_multilingual_model)
     if language is None and not primary.multilingual:
         language = "en"
     if language is not None and language not in primary.languages:
@@ -87,25 +74,25 @@ def choose(settings: AsrSettings, language: str | None) -> tuple[AsrEngine, str 
     return primary, language
 
 
-def work(ctx: StageContext) -> dict[str, Any]:
-    settings = ctx.settings if isinstance(ctx.settings, AsrSettings) else (SETTINGS or AsrSettings())
+def work(ctx: StageContext[Resources]) -> AsrResult:
+    settings = ctx.resources.settings
     job = ctx.job
-    blob_id = job["inputs"].get("blob_id")
+    blob_id = job.inputs.blob_id
     blob = ctx.blobs.get(blob_id) if blob_id else None
     if blob is None:
         raise StageError("audio_missing", "the job's audio is gone (it expired or was deleted)")
     data = blob[0]
-    options = job["options"]
-    n_channels = int(job["inputs"].get("channels") or channels.channel_count(data))
+    options = job.options
+    n_channels = int(job.inputs.channels or channels.channel_count(data))
     started = time.perf_counter()
     heard = channels.tracks(data, n_channels, settings, options)
-    requested = languages.normalize(options.get("language")) or languages.normalize(settings.asr_language)
-    asr, language = choose(settings, requested)
+    requested = languages.normalize(options.language) or languages.normalize(settings.asr_language)
+    asr, language = choose(ctx.resources, requested)
     sent = itertools.count()  # partials are numbered in the order they are decoded: channel 0's, then 1's
     try:
         passes = [(track, transcribe(ctx, settings, asr, track, language, sent)) for track in heard]
     except Cancelled:
-        return {"cancelled": True}
+        return AsrResult(cancelled=True)
     # One clock over decoding, comparing the channels and every pass: a two-channel call costs two
     # transcriptions, and its RTF says so.
     elapsed = time.perf_counter() - started
@@ -115,18 +102,18 @@ def work(ctx: StageContext) -> dict[str, Any]:
     metrics.inc(metrics.AUDIO_SECONDS, duration, stage="asr")  # seconds of recording, not of passes
     jobs.add_cost(ctx.conn, ctx.job_id, audio_s=duration)
     out = result(passes, asr, elapsed)
-    channels.label_speakers(out, heard, settings)  # mono: the diarisation engine names the speakers
+    channels.label_speakers(out, heard, ctx.resources.diarizer)  # mono: the diarisation engine names the speakers
     out["batched"] = _batch_size(settings, job) > 0
-    return out
+    return AsrResult.model_validate(out)
 
 
-def _batch_size(settings: AsrSettings, job: dict[str, Any]) -> int:
+def _batch_size(settings: AsrSettings, job: Job) -> int:
     """Windows decoded at once: recorded calls go for throughput, live turns for their first words soonest."""
-    return settings.asr_batch_size if job.get("priority") == "batch" else 0
+    return settings.asr_batch_size if job.priority == "batch" else 0
 
 
-def transcribe(ctx: StageContext, settings: AsrSettings, asr: AsrEngine, track: channels.Track, language: str | None,
-               sent: Iterator[int]) -> Transcript:
+def transcribe(ctx: StageContext[Resources], settings: AsrSettings, asr: AsrEngine, track: channels.Track,
+               language: str | None, sent: Iterator[int]) -> Transcript:
     """One pass over one track, sending each segment as an `asr.partial` event as it is decoded.
 
     With no language given, each channel detects its own: the two sides of a call are different people
@@ -136,33 +123,41 @@ def transcribe(ctx: StageContext, settings: AsrSettings, asr: AsrEngine, track: 
     """
     if ctx.cancelled():
         raise Cancelled
-    prompt = ctx.job["options"].get("initial_prompt")
+    prompt = ctx.job.options.initial_prompt
     detected = None
-    if language is None and not prompt and settings.asr_language_prompts:
-        # The prompt depends on the language, so find it first (one more encoder pass over 30 s).
+    if language is None and not prompt and (settings.asr_language_prompts or settings.asr_language_beam_sizes):
+        # The prompt and beam depend on the language, so find it first (one more encoder pass over 30 s).
         detected = asr.detect_language(track.samples, vad=settings.asr_vad)
         language = detected[0] if detected else None
     prompt = prompt or settings.asr_language_prompts.get(language or "")
+    asked = ctx.job.options.language or settings.asr_language  # as given: zh-TW keeps its region
 
     def on_segment(segment: Segment) -> None:
         if ctx.cancelled():  # the caller barged in or deleted the job: stop decoding
             raise Cancelled
+        # An undetected language shows in the text: Han characters without kana are Chinese.
+        heard = language or ("zh" if languages.written_in_chinese(segment.text) else None)
+        segment.text = script.convert(segment.text, script.conversion(asked, heard, settings.asr_zh_script))
         index = next(sent)
         if index >= len(ctx.earlier("asr.partial")):  # a re-run does not repeat what listeners already got
             ctx.emit("asr.partial", {"index": index, **_segment_dict(segment, track)})
 
-    transcript = asr.transcribe(track.samples, language=language, beam_size=settings.asr_beam_size,
-                                vad=settings.asr_vad, hotwords=_hotwords(ctx.job["options"]),
+    transcript = asr.transcribe(track.samples, language=language, beam_size=beam_size(settings, language),
+                                vad=settings.asr_vad, hotwords=_hotwords(ctx.job.options),
                                 initial_prompt=prompt, on_segment=on_segment,
                                 batch_size=_batch_size(settings, ctx.job))
     if detected:
         transcript.language_probability = detected[1]
-    return transcript
+    return script.apply(transcript, script.conversion(asked, transcript.language, settings.asr_zh_script))
 
 
-def _hotwords(options: dict[str, Any]) -> str | None:
+def beam_size(settings: AsrSettings, language: str | None) -> int:
+    return settings.asr_language_beam_sizes.get(language or "", settings.asr_beam_size)
+
+
+def _hotwords(options: Options) -> str | None:
     """`hotwords` as a string or a list of words and phrases."""
-    hotwords = options.get("hotwords")
+    hotwords = options.hotwords
     if isinstance(hotwords, list):
         hotwords = " ".join(str(w) for w in hotwords)
     return str(hotwords) if hotwords else None

@@ -10,19 +10,16 @@ import os
 
 from services.asr import tasks
 from services.asr.config import AsrSettings
-from shared.worker import serve
+from shared.worker import Service, serve
+
+SERVICE = Service("asr", tasks.load, tasks.work, fork_safe=False)
 
 
 def main() -> None:
     settings = AsrSettings()
     if settings.asr_worker_nice:
         os.nice(settings.asr_worker_nice)  # before loading: CTranslate2's threads inherit it
-
-    def preload() -> dict[str, float]:
-        return tasks.preload(settings, forking=False)
-
-    serve("asr", settings, settings.asr_metrics_port, preload, fork_safe=False,
-          priorities=settings.asr_worker_priorities)
+    serve(SERVICE, settings, settings.asr_metrics_port, priorities=settings.asr_worker_priorities)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 from prometheus_client import REGISTRY, Counter, Histogram
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -17,9 +16,26 @@ from redis.retry import Retry as SyncRetry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway import errors, idempotency, limits, openapi
+from services.gateway.calls import audiosocket as calls_audiosocket
+from services.gateway.calls import registry as calls_registry
+from services.gateway.calls import vad as calls_vad
 from services.gateway.config import GatewaySettings
-from services.gateway.routes import audio, batches, chat, health, jobs, sessions, speech, transcriptions, turns, web
-from shared import logs, metrics, queues
+from services.gateway.routes import (
+    audio,
+    batches,
+    calls,
+    chat,
+    health,
+    jobs,
+    knowledge,
+    realtime,
+    sessions,
+    speech,
+    transcriptions,
+    turns,
+    web,
+)
+from shared import connection, logs, metrics, queues
 
 log = logging.getLogger(__name__)
 
@@ -67,31 +83,43 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         # A pooled connection Redis dropped (restart, overload) is retried on a fresh one, briefly,
         # instead of failing the request.
         retried = [redis.ConnectionError, redis.TimeoutError]
-        app.state.redis = redis.Redis.from_url(
-            settings.redis_url, retry=SyncRetry(ExponentialBackoff(0.5, 0.05), 3), retry_on_error=retried)
-        app.state.aredis = aioredis.Redis.from_url(
-            settings.redis_url, retry=AsyncRetry(ExponentialBackoff(0.5, 0.05), 3), retry_on_error=retried)
+        app.state.redis = connection.client(
+            settings, retry=SyncRetry(ExponentialBackoff(0.5, 0.05), 3), retry_on_error=retried)
+        app.state.aredis = connection.connect_async(
+            settings, retry=AsyncRetry(ExponentialBackoff(0.5, 0.05), 3), retry_on_error=retried)
         if not _collector_registered:
             REGISTRY.register(metrics.QueueDepthCollector(app.state.redis, queues.all_names()))
             REGISTRY.register(metrics.WorkersCollector(app.state.redis, queues.all_names()))
             _collector_registered = True
         health.warn_if_open(app.state.redis, settings)
+        if not calls_vad.load():
+            log.warning("faster-whisper is not installed (extra 'calls'): live calls will fail")
+        audiosocket = None
+        if settings.call_audiosocket_port:
+            audiosocket = await calls_audiosocket.start_server(app.state.redis, app.state.aredis, settings)
         yield
+        # `voicequeue gateway` has ended the calls already (services/gateway/server.py); under another
+        # server the AudioSocket calls at least end here.
+        await calls_registry.end_all(calls_registry.SHUTDOWN, settings.call_shutdown_timeout_s)
+        if audiosocket is not None:
+            audiosocket.close()
         await app.state.aredis.aclose()
         app.state.redis.close()
 
     app = FastAPI(title="voicequeue", version="0.1.0", lifespan=lifespan,
                   description="Voice back-end: audio in, transcripts, answers and spoken replies out.")
     errors.install(app)
-    for module in (turns, chat, speech, transcriptions, jobs, audio, batches, sessions, health, web):
+    for module in (turns, chat, speech, transcriptions, jobs, audio, batches, sessions, health, web, calls, realtime,
+                   knowledge):
         app.include_router(module.router)
     openapi.install(app)
 
-    # Outermost first: metrics, body size, tenant/rate/streams, idempotency, queue depth, then the routes.
+    # Outermost first: metrics, Redis failures, body size, tenant/rate/streams, idempotency, queue depth, routes.
     app.add_middleware(limits.QueueDepth, settings=settings)
     app.add_middleware(idempotency.Idempotency, settings=settings)
     app.add_middleware(limits.Admission, settings=settings)
     app.add_middleware(limits.BodyLimit, settings=settings)
+    app.add_middleware(errors.RedisDown)  # outside every middleware that talks to Redis
     app.add_middleware(Observe)
     app.add_middleware(logs.RequestContext)  # outermost: every log line of a request carries its context
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from shared.config import CommonSettings
 
@@ -39,8 +39,9 @@ class GatewaySettings(CommonSettings):
     )
     batch_max_files: int = Field(1000, description="Most calls one batch may hold (413 past it).")
     gateway_voices: list[str] = Field(
-        default_factory=lambda: ["en_US-joe-medium"],
-        description="Local (piper) voice names requests may ask for (JSON list in VQ_GATEWAY_VOICES). Edge "
+        default_factory=lambda: ["en_US-joe-medium", "jm_kumo", "jf_nezumi", "jf_alpha", "jf_gongitsune",
+                                 "jf_tebukuro"],
+        description="Local (piper, Kokoro) voice names requests may ask for (JSON list in VQ_GATEWAY_VOICES). Edge "
         "voices (xx-YY-NameNeural) and espeak-ng voices are accepted too; anything else is refused (400).",
     )
 
@@ -75,13 +76,17 @@ class GatewaySettings(CommonSettings):
         {}, description='Per-tenant submission limits, JSON: {"acme": {"per_s": 100, "burst": 300}}.'
     )
     max_queue_depth_live: int = Field(
-        200, description="Jobs a live queue may hold before new submissions to it get 429 (work that would not "
-        "finish in time)."
+        200, description="Jobs a live queue may hold; a submission that would go past it gets 429 (work that "
+        "would not finish in time). Checked and enqueued in one Redis transaction."
     )
     max_queue_depth_batch: int = Field(
         5000, description="Jobs asr:batch may hold before new batch submissions get 429."
     )
-    queue_full_retry_after_s: int = Field(5, description="Retry-After sent with a queue-full 429.")
+    queue_full_retry_after_s: int = Field(
+        5, description="Run time assumed per queued job for a queue-full 429's Retry-After while no recent run "
+        "times of that queue are known (otherwise: their median x jobs over the limit / workers on the queue)."
+    )
+    queue_full_retry_after_max_s: int = Field(600, description="Largest Retry-After a queue-full 429 sends.")
     max_streams_per_tenant: int = Field(
         20, description="Open SSE and audio streams a tenant may hold at once (429 past it)."
     )
@@ -99,9 +104,75 @@ class GatewaySettings(CommonSettings):
         "of the job or batch."
     )
 
+    # Live calls (services/gateway/calls/): /v1/realtime and /v1/telephony/twilio.
+    call_idle_timeout_s: float = Field(
+        60.0, description="A call with no speech from the caller for this long gets a spoken goodbye and is closed "
+        "(a session's turn_detection.idle_timeout_ms overrides it)."
+    )
+    call_max_duration_s: float = Field(1800.0, description="Longest call; then a spoken goodbye and the socket closes.")
+    call_history_turns: int = Field(20, description="Exchanges of the call's history passed to the LLM with each turn.")
+    call_greeting: str | None = Field(
+        None, description="Spoken when a call opens (none: the bot waits for the caller).")
+    call_idle_goodbye: str = Field(
+        "I have not heard anything for a while, so I will end the call now. Goodbye.",
+        description="Spoken before an idle call is closed.")
+    call_limit_goodbye: str = Field(
+        "We have reached the time limit for this call. Thank you for calling. Goodbye.",
+        description="Spoken before a call that reached call_max_duration_s is closed.")
+    call_min_speech_ms: int = Field(
+        200, description="Sound shorter than this is a false start (a cough, a click): it neither starts a turn nor "
+        "interrupts the bot. Keep it under ~250 ms or speech_started comes late.")
+    call_asr_piece_min_s: float = Field(
+        1.0, description="While the caller speaks, audio is sent to ASR in pieces cut at short pauses once a piece "
+        "is this long, so little or nothing is left to transcribe when the silence window ends their turn.")
+    call_asr_pause_ms: int = Field(200, description="A pause this long inside speech is where a piece may be cut.")
+    call_step_timeout_s: float = Field(
+        120.0, description="How long a call waits for the next event of a transcription or reply job before giving "
+        "up on it (the job's whole run may take longer).")
+    call_max_per_tenant: int = Field(
+        10, description="Concurrent calls a tenant may hold; one more is refused with a close reason (0: no cap).")
+    call_voice: str | None = Field(None, description="TTS voice for calls (none: the TTS worker's default).")
+    call_audiosocket_port: int | None = Field(
+        None, description="TCP port of the Asterisk AudioSocket listener the gateway opens (none: no listener). "
+        "AudioSocket has no authentication: bind it where only Asterisk can reach it.")
+    call_audiosocket_tenant: str = Field(
+        "public", description="Tenant that AudioSocket calls belong to (their records, limits and cost).")
+    call_max_instructions_chars: int = Field(
+        8000, description="Longest `instructions` a call's session.update may set (they go into every LLM request "
+        "of the call, on top of the LLM worker's system prompt).")
+    call_shutdown_timeout_s: float = Field(
+        5.0, description="On SIGTERM the gateway ends its open calls (reason gateway_shutdown: pending work cancelled, "
+        "an error event and close code 1012 sent) and waits this long for them to close before stopping.")
+    twilio_auth_token: SecretStr | None = Field(
+        None, description="Twilio account auth token. When set, /v1/telephony/twilio accepts only upgrades whose "
+        "X-Twilio-Signature (HMAC-SHA1 of the stream URL keyed with this token) matches. Never logged.")
+    twilio_stream_url: str | None = Field(
+        None, description="The wss:// URL given to Twilio in <Stream url=…>, as Twilio signs it (without the query). "
+        "None: taken from the request's Host header, as wss:// and ws://; set it behind a proxy that rewrites them.")
+    twilio_tenant: str = Field(
+        "public", description="Tenant that Twilio calls belong to when they are authenticated by their signature "
+        "(twilio_auth_token set); without a token the API key decides.")
+    call_ws_max_message_mb: float = Field(
+        24.0, description="Largest WebSocket message the gateway reads. Above the protocol's 15 MiB of audio per "
+        "append (20 MiB as base64), so an oversized append gets an error event instead of a dropped socket.")
+
+    # Knowledge base (services/gateway/routes/knowledge.py).
+    knowledge_max_document_mb: float = Field(
+        10.0, description="Largest document POST /v1/knowledge/documents accepts (413 past it).")
+    knowledge_max_documents: int = Field(
+        2000, description="Documents one tenant's knowledge base may hold (409 past it).")
+
+    @property
+    def knowledge_max_document_bytes(self) -> int:
+        return int(self.knowledge_max_document_mb * 1024 * 1024)
+
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def ws_max_size_bytes(self) -> int:
+        return int(self.call_ws_max_message_mb * 1024 * 1024)
 
     @property
     def batch_max_file_bytes(self) -> int:

@@ -31,13 +31,10 @@ import anyio
 import redis.asyncio as aioredis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.gateway import idempotency_store, routing
 from services.gateway.config import GatewaySettings
 from services.gateway.limits import every, header, send_error, state
-from shared import idempotency
 
-ROUTES = ("/v1/turns", "/v1/chat", "/v1/batches")
-# Where the current state of what a route created can be read, for answers too large to keep.
-CURRENT = {"/v1/turns": "/v1/jobs/{}/audio", "/v1/chat": "/v1/jobs/{}", "/v1/batches": "/v1/batches/{}"}
 # Headers of the original answer that a replay must not copy (the replay has its own framing).
 _DROP = {b"content-length", b"date", b"server", b"transfer-encoding", b"connection"}
 REPLAYED = (b"idempotent-replayed", b"true")
@@ -141,25 +138,26 @@ class Idempotency:
     def __init__(self, app: ASGIApp, settings: GatewaySettings) -> None:
         self.app = app
         self.settings = settings
-        self._stores: dict[int, idempotency.Store] = {}
+        self._stores: dict[int, idempotency_store.Store] = {}
 
-    def _store(self, scope: Scope) -> idempotency.Store:
+    def _store(self, scope: Scope) -> idempotency_store.Store:
         conn: aioredis.Redis = scope["app"].state.aredis
         if id(conn) not in self._stores:
-            self._stores = {id(conn): idempotency.Store(conn)}
+            self._stores = {id(conn): idempotency_store.Store(conn)}
         return self._stores[id(conn)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = header(scope, b"idempotency-key") if scope["type"] == "http" else None
-        if given is None or scope["method"] != "POST" or scope["path"] not in ROUTES:
+        route = routing.submission(scope["method"], scope["path"]) if given is not None else None
+        if given is None or route is None or route.replay is None:
             await self.app(scope, receive, send)
             return
-        if not idempotency.valid(given):
+        if not idempotency_store.valid(given):
             await send_error(send, 400, "invalid_idempotency_key",
                              "Idempotency-Key must be 1 to 255 printable ASCII characters")
             return
         store = self._store(scope)
-        k = idempotency.key(str(state(scope).get("tenant", "public")), scope["path"], given)
+        k = idempotency_store.key(str(state(scope).get("tenant", "public")), scope["path"], given)
         owner = secrets.token_hex(8)
         deadline = time.monotonic() + self.settings.idempotency_wait_s
         while True:
@@ -177,7 +175,7 @@ class Idempotency:
                 return
             await asyncio.sleep(0.05)
 
-    async def _first(self, store: idempotency.Store, k: str, owner: str, scope: Scope, receive: Receive,
+    async def _first(self, store: idempotency_store.Store, k: str, owner: str, scope: Scope, receive: Receive,
                      send: Send) -> None:
         fingerprint = Fingerprint(scope)
         whole = False
@@ -192,7 +190,7 @@ class Idempotency:
 
         recorder = _Recorder(send, self.settings.idempotency_max_body_kb * 1024)
         kept = False
-        lease = asyncio.ensure_future(every(idempotency.LOCK_S / 3, lambda: store.refresh(k, owner)))
+        lease = asyncio.ensure_future(every(idempotency_store.LOCK_S / 3, lambda: store.refresh(k, owner)))
         try:
             try:
                 await self.app(scope, hashed_receive, recorder)
@@ -232,11 +230,13 @@ class Idempotency:
                        send: Send) -> None:
         """Answer with the current state of what the first request created (its body was not kept)."""
         job_id = found.get("job_id")
-        if not job_id:
+        route = routing.submission(scope["method"], scope["path"])
+        current = route.replay if route is not None else None
+        if not job_id or current is None:
             await send_error(send, 409, "idempotency_replay_unavailable",
                              "the original answer with this Idempotency-Key cannot be replayed; use a new key")
             return
-        path = CURRENT[scope["path"]].format(job_id)
+        path = current.format(job_id)
         sub = {**scope, "method": "GET", "path": path, "raw_path": path.encode(), "query_string": b"",
                "headers": [(k, v) for k, v in scope["headers"]
                            if k.lower() not in (b"content-type", b"content-length", b"idempotency-key")]}

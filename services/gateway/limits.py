@@ -4,15 +4,16 @@
   chunked body as soon as the count passes it; the rest is never read.
 - `Admission`: resolves the tenant (401), takes a token from its submit or read bucket (429 +
   Retry-After), and holds one of its stream slots for the life of an SSE or audio stream (429).
-- `QueueDepth`: 429 for a submission whose first queue already holds too much work. It runs
-  after idempotency, so a replayed submission is answered even when the queue is full.
+- `QueueDepth`: 429 for a submission whose first queue is already full, before its body is read.
+  It runs after idempotency, so a replayed submission is answered even when the queue is full.
+  The binding check is the enqueue itself (`admission.Room`, in one transaction); this one only
+  spares reading an upload that would be refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,33 +24,20 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway import auth, errors
+from services.gateway import admission, auth, errors, ratelimit, routing
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import ApiError
-from shared import ratelimit
+from shared import keys, queues
 
 MB = 1024 * 1024
 # Refusals made here never reach a route, so the HTTP metrics label them "unmatched"; this says why.
 REFUSALS = Counter("voicequeue_gateway_refusals", "Requests refused by the gateway's limits, by error code.",
                    ["code"])
 
-# First queue of each submit route: where its new work waits.
-SUBMIT_QUEUES = {
-    "/v1/turns": "asr:live",
-    "/v1/audio/transcriptions": "asr:live",
-    "/v1/chat": "llm:live",
-    "/v1/audio/speech": "tts:live",
-    "/v1/batches": "asr:batch",
-}
-BATCH_FILES = re.compile(r"^/v1/batches/[^/]+/files$")
-STREAMS = re.compile(r"^/v1/jobs/[^/]+/(events|audio/stream)$")
-
-
 def submit_queue(method: str, path: str) -> str | None:
     """The queue a submission lands on, or None if the request submits nothing."""
-    if method != "POST":
-        return None
-    return SUBMIT_QUEUES.get(path) or ("asr:batch" if BATCH_FILES.match(path) else None)
+    found = routing.submission(method, path)
+    return found.queue if found is not None else None
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -88,12 +76,17 @@ class BodyLimit:
 
     def limit(self, scope: Scope) -> tuple[int, str, str]:
         """(bytes allowed, error code, what the limit is called) for this request."""
-        s, path = self.settings, scope["path"]
+        s = self.settings
         multipart = (header(scope, b"content-type") or "").lower().startswith("multipart/")
-        if path in ("/v1/turns", "/v1/audio/transcriptions"):
+        found = routing.submission(scope["method"], scope["path"])
+        body = found.body if found is not None else "json"
+        if scope["method"] == "POST" and scope["path"] == routing.KNOWLEDGE_UPLOAD:
+            return (int(s.knowledge_max_document_bytes + s.upload_form_slack_mb * MB), "document_too_large",
+                    f"the document is larger than the {s.knowledge_max_document_mb:g} MB limit")
+        if body == "upload":
             return (int((s.max_upload_mb + s.upload_form_slack_mb) * MB), "file_too_large",
                     f"the upload is larger than the {s.max_upload_mb:g} MB limit")
-        if (path == "/v1/batches" and multipart) or BATCH_FILES.match(path):
+        if body == "batch" and (multipart or (found is not None and found.pattern)):
             return (int(s.batch_max_request_mb * MB), "request_too_large",
                     f"the batch request is larger than the {s.batch_max_request_mb:g} MB limit")
         return (int(s.json_max_request_mb * MB), "request_too_large",
@@ -176,7 +169,7 @@ class _StreamSlots:
 
     @staticmethod
     def key(tenant: str) -> str:
-        return f"vq:streams:{tenant}"
+        return keys.streams(tenant)
 
     async def acquire(self, tenant: str, slot: str, most: int) -> bool:
         return bool(await self._acquire(keys=[self.key(tenant)], args=[slot, most, self.ttl_ms]))
@@ -223,13 +216,12 @@ class Admission:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        streaming = scope["method"] == "GET" and STREAMS.match(scope["path"]) is not None
+        streaming = scope["method"] == "GET" and routing.STREAMS.match(scope["path"]) is not None
         slot = secrets.token_hex(8)
         try:
             refusal = await self._admit(scope, streaming, slot)
-        except redis.ConnectionError:
-            refusal = ApiError(503, "redis_unavailable", "the job store is unreachable; retry shortly",
-                               {"Retry-After": "1"})
+        except errors.REDIS_DOWN:
+            refusal = errors.redis_unavailable()
         if refusal is not None:
             await send_error(send, refusal.status, refusal.code, refusal.message, refusal.headers)
         elif streaming:
@@ -305,7 +297,7 @@ async def until_disconnect(app: ASGIApp, scope: Scope, receive: Receive, send: S
 
 
 class QueueDepth:
-    """429 for new work when the queue it would join is already deeper than the limit."""
+    """429 for new work when the queue it would join is already full (early; `admission` decides)."""
 
     def __init__(self, app: ASGIApp, settings: GatewaySettings) -> None:
         self.app = app
@@ -316,13 +308,12 @@ class QueueDepth:
         if queue is None:
             await self.app(scope, receive, send)
             return
-        most = self.settings.max_queue_depth_batch if queue.endswith(":batch") else self.settings.max_queue_depth_live
+        most = admission.limit(self.settings, queue)
         conn: aioredis.Redis = _app_state(scope).aredis
-        depth = int(await conn.llen(f"rq:queue:{queue}"))
-        if depth > most:
-            retry = max(1, self.settings.queue_full_retry_after_s)
-            await send_error(send, 429, "queue_full",
-                             f"the {queue} queue holds {depth} jobs (limit {most}); retry after {retry} s",
-                             {"Retry-After": str(retry)})
+        depth = int(await conn.llen(queues.rq_key(queue)))
+        if depth >= most:
+            refused = await anyio.to_thread.run_sync(admission.refusal, _app_state(scope).redis, self.settings,
+                                                     admission.QueueFull(queue, depth, most))
+            await send_error(send, refused.status, refused.code, refused.message, refused.headers)
             return
         await self.app(scope, receive, send)

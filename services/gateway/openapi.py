@@ -7,7 +7,7 @@ give is documented with the one error body it actually sends (errors.body).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -26,6 +26,8 @@ API_ERRORS = {
     "415": "Unsupported content type.",
     "422": "Well-formed but invalid values (too long, out of range, unknown field value).",
     "429": "Rate limit or queue backlog; retry after the Retry-After header's seconds.",
+    "503": "Redis (the job store) unreachable: restarting, failing over or full (code 'redis_unavailable'). "
+           "Nothing acknowledged is lost; retry after the Retry-After header's seconds.",
 }
 OPS_WITHOUT_API_ERRORS = {"/healthz", "/metrics", "/", "/readyz"}
 
@@ -77,7 +79,7 @@ def build(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     defs: dict[str, Any] = {}
-    schema = _hoist_defs(schema, defs)
+    schema = cast(dict[str, Any], _hoist_defs(schema, defs))
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(_hoist_defs(defs, {}))
     components["ErrorDetail"] = ErrorDetail.model_json_schema()

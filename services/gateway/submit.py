@@ -1,4 +1,9 @@
-"""Creating a job: store its input, write the record, enqueue the plan's first stage."""
+"""Creating a job: store its input, write the record, enqueue the plan's first stage.
+
+The enqueue is also the admission: it fails when the first queue is full (429, and what was
+written is removed). With replicas to wait for (Sentinel deployments), the job is on one of them
+before its id is handed out.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ from typing import Any
 import redis
 from fastapi import Request
 
+from services.gateway import admission
 from services.gateway.config import GatewaySettings
 from services.gateway.uploads import CheckedAudio
-from shared import events, jobs, queues
+from shared import connection, events, jobs, queues
 from shared.blobs import RedisBlobStore
 
 
@@ -38,7 +44,16 @@ def submit(
     events.append(pipe, job_id, "job.created", {"kind": kind, "plan": jobs.PLANS[kind]}, settings.job_ttl_s)
     pipe.execute()
     first = jobs.PLANS[kind][0]
-    queues.enqueue(conn, settings, job_id, first, priority, float(inputs.get("duration_s") or 0.0))
+    queue = queues.name(first, priority)
+    room = admission.Room(queue, admission.limit(settings, queue))
+    try:
+        queues.enqueue(conn, settings, job_id, first, priority, float(inputs.get("duration_s") or 0.0), admit=room)
+    except admission.QueueFull as full:
+        conn.delete(jobs.key(job_id), events.stream_key(job_id))
+        if "blob_id" in inputs:
+            RedisBlobStore(conn).delete(inputs["blob_id"])
+        raise admission.refusal(conn, settings, full) from None
+    connection.wait_for_replicas(conn, settings)
     return job_id
 
 

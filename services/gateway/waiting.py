@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from services.gateway.errors import ApiError
 from services.gateway.eventstream import follow
 from shared import events
+from shared.jobs import Job
 
 
 def failure_status(error: dict[str, Any]) -> int:
@@ -21,7 +22,7 @@ def failure_status(error: dict[str, Any]) -> int:
     return 400
 
 
-async def wait_done(aconn: aioredis.Redis, job_id: str, timeout_s: float, what: str = "job") -> dict[str, Any]:
+async def wait_done(aconn: aioredis.Redis, job_id: str, timeout_s: float, what: str = "job") -> Job:
     """The finished job record (carried by `job.done`), or the ApiError saying why there is none."""
     final = None
     async for event in follow(aconn, job_id, timeout_s=timeout_s):
@@ -36,5 +37,4 @@ async def wait_done(aconn: aioredis.Redis, job_id: str, timeout_s: float, what: 
     if final[1] == "job.failed":
         error = final[2]["error"]
         raise ApiError(failure_status(error), error["reason"], error["message"], headers={"X-Job-Id": job_id})
-    job: dict[str, Any] = final[2]["job"]
-    return job
+    return Job.from_wire(final[2]["job"])

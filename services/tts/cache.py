@@ -12,9 +12,9 @@ import json
 
 import redis
 
-from shared import metrics
+from shared import keys, metrics
 
-PREFIX = "vq:tts:speech:"
+PREFIX = keys.SPEECH_PREFIX
 
 
 def key_for(engine: str, voice: str, speed: float, text: str) -> str:

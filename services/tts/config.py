@@ -6,24 +6,48 @@ from typing import Literal
 
 from pydantic import Field
 
+from shared import cpu
 from shared.config import CommonSettings
 
 
 class TtsSettings(CommonSettings):
-    tts_engine: Literal["piper", "espeak", "edge"] = Field(
+    tts_engine: Literal["piper", "kokoro", "espeak", "edge"] = Field(
         "piper",
-        description='Default engine: "piper" (offline, English), "espeak" (offline, many languages, robotic) '
-        'or "edge" (Microsoft online voices; falls back to a local engine when unreachable or throttled).',
+        description='Default engine: "piper" (offline, English), "kokoro" (offline, neural Mandarin), "espeak" '
+        '(offline, many languages, robotic) or "edge" (Microsoft online voices; falls back to a local engine '
+        "when unreachable or throttled). A language the default engine cannot speak goes to the local engine "
+        "for it: piper for English, tts_zh_engine for Mandarin, espeak-ng for the rest.",
     )
     tts_voice: str = Field(
         "en_US-joe-medium",
         description="The piper voice: the shipped en_US-joe-medium, or a path to another voice's .onnx "
         "(its .onnx.json beside it).",
     )
+    tts_zh_engine: Literal["kokoro", "espeak"] = Field(
+        "kokoro",
+        description='Local engine for Mandarin: "kokoro" (neural, Kokoro-82M int8; round-trip CER through whisper '
+        'base about 0.15 on 12 replies full of numbers) or "espeak" (espeak-ng, robotic, whisper cannot '
+        'understand it). If Kokoro cannot load, espeak-ng speaks Mandarin and the worker logs why.',
+    )
+    tts_kokoro_voice: str = Field(
+        "jm_kumo",
+        description="Default Kokoro voice for Mandarin: jm_kumo (male; best round-trip CER), jf_nezumi, "
+        "jf_alpha, jf_gongitsune or jf_tebukuro (the shipped voices are Japanese speakers reading Mandarin).",
+    )
+    tts_kokoro_threads: int = Field(
+        2,
+        ge=1,
+        description="onnxruntime intra-op threads for Kokoro: its share of the TTS worker's cores (a forked job "
+        "process synthesizes with the parent's session; tested with 2).",
+    )
+    tts_cpu_threads: int = Field(
+        default_factory=lambda: cpu.budget().tts, ge=1, description="onnxruntime threads of piper (its default "
+        "is one per core); default: the CPU budget's share (shared/cpu.py)."
+    )
     tts_zh_voice: str = Field(
         "cmn",
-        description="espeak-ng voice for Mandarin. Languages piper has no voice for use espeak-ng, with the "
-        "voice named by the language code (this one for zh).",
+        description="espeak-ng voice for Mandarin (when tts_zh_engine is espeak, or Kokoro is unavailable). "
+        "Other languages piper has no voice for use espeak-ng, with the voice named by the language code.",
     )
     tts_edge_voices: dict[str, str] = Field(
         default_factory=lambda: {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import wave
 from typing import cast
 
 import av
@@ -45,24 +44,12 @@ def encode(speech: Speech, fmt: str) -> bytes:
 
 def read_wav(data: bytes) -> Speech:
     """A WAV this service wrote (mono int16) back into PCM, sample for sample."""
-    with wave.open(io.BytesIO(data), "rb") as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise ValueError("expected a mono 16-bit WAV")
-        return Speech(np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16), w.getframerate())
+    return Speech(*audio.read_wav(data))
 
 
 def resample(speech: Speech, rate: int) -> Speech:
-    """`speech` at `rate`, exactly round(n * rate / old rate) samples long, so durations add up."""
-    if speech.sample_rate == rate or not len(speech.pcm):
-        return speech
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(speech.pcm).reshape(1, -1), format="s16", layout="mono")
-    frame.sample_rate = speech.sample_rate
-    parts = [f.to_ndarray().reshape(-1) for f in [*resampler.resample(frame), *resampler.resample(None)]]
-    pcm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
-    n = round(len(speech.pcm) * rate / speech.sample_rate)
-    pcm = pcm[:n] if len(pcm) >= n else np.pad(pcm, (0, n - len(pcm)))
-    return Speech(pcm.astype(np.int16, copy=False), rate)
+    """`speech` at `rate`, exactly as long as it was."""
+    return Speech(audio.resample(speech.pcm, speech.sample_rate, rate), rate)
 
 
 def join(parts: list[Speech]) -> Speech:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.tts.config import TtsSettings
+from shared.jobs import Job
 from shared.stage import StageError
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
@@ -19,19 +20,18 @@ class SpeakOptions:
     language: str | None
 
 
-def from_job(job: dict[str, Any], settings: TtsSettings) -> SpeakOptions:
-    options = job["options"]
-    return SpeakOptions(voice=options.get("voice"), engine=options.get("engine"),
-                        speed=parse_speed(options.get("speed"), settings), language=job_language(job))
+def from_job(job: Job, settings: TtsSettings) -> SpeakOptions:
+    options = job.options
+    return SpeakOptions(voice=options.voice, engine=options.engine, speed=parse_speed(options.speed, settings),
+                        language=job_language(job))
 
 
-def job_language(job: dict[str, Any]) -> str | None:
+def job_language(job: Job) -> str | None:
     """The language asked for, else the one the LLM answered in, else the one ASR heard (None: guess)."""
-    results = job["results"]
-    for value in (job["options"].get("language"), (results.get("llm") or {}).get("language"),
-                  (results.get("asr") or {}).get("language")):
+    reply, asr = job.reply, job.results.asr
+    for value in (job.options.language, reply.language if reply else None, asr.language if asr else None):
         if value:
-            return str(value)
+            return value
     return None
 
 

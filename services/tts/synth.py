@@ -3,7 +3,8 @@
 Routing: an explicit engine, else the engine the requested voice belongs to,
 else `tts_engine`. If that engine has no voice for the language, the local
 engine for the language speaks instead: piper where it has a voice (English),
-espeak-ng otherwise (Mandarin and the rest). When edge-tts is unreachable or
+Kokoro for Mandarin (espeak-ng when `tts_zh_engine` says so or Kokoro did not
+load), espeak-ng for the rest. When edge-tts is unreachable or
 throttled past its retries, the local engine speaks, the fallback is counted
 and returned for the job record, and edge is skipped for
 `tts_edge_cooldown_s` (a Redis key, so every job process sees it).
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,16 +26,18 @@ from services.tts.config import TtsSettings
 from services.tts.engines.base import Speech, TtsEngine, base_language
 from services.tts.engines.edge import EdgeEngine, is_edge_voice, voice_language
 from services.tts.engines.espeak import EspeakEngine
+from services.tts.engines.kokoro import KokoroEngine
 from services.tts.engines.piper import PiperEngine
-from shared import metrics
+from shared import keys, metrics
+from shared.redisio import text as as_text
 from shared.retry import UpstreamError
 from shared.stage import StageError
 from shared.worker import timed
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAMES = ("piper", "espeak", "edge")
-EDGE_DOWN_KEY = "vq:tts:edge:down"
+ENGINE_NAMES = ("piper", "kokoro", "espeak", "edge")
+EDGE_DOWN_KEY = keys.EDGE_DOWN
 
 # Script → language, for texts that arrive without one (an LLM answering in Chinese).
 _SCRIPTS = [
@@ -47,18 +52,46 @@ class Engines:
     piper: PiperEngine | None = None
     espeak: EspeakEngine | None = None
     edge: EdgeEngine | None = None
+    # Kokoro takes 5-25 s to load (the model, jieba's dictionary, a warm-up). It loads beside the worker, which
+    # serves English at once; only what needs Kokoro waits for it (`kokoro`), so a restarted worker is back
+    # within seconds instead of after the slowest model.
+    kokoro_loading: Future[KokoroEngine | None] | None = None
+
+    @property
+    def kokoro(self) -> KokoroEngine | None:
+        return self.kokoro_loading.result() if self.kokoro_loading is not None else None
+
+    @kokoro.setter
+    def kokoro(self, engine: KokoroEngine | None) -> None:
+        loaded: Future[KokoroEngine | None] = Future()
+        loaded.set_result(engine)
+        self.kokoro_loading = loaded
 
     def get(self, name: str) -> TtsEngine | None:
         engine: TtsEngine | None = getattr(self, name, None)
         return engine
 
 
-def load(settings: TtsSettings, names: tuple[str, ...] = ENGINE_NAMES) -> tuple[Engines, dict[str, float]]:
-    """Load the engines once, at worker start (before any fork). Returns load seconds per model."""
+def load(settings: TtsSettings, names: tuple[str, ...] = ENGINE_NAMES,
+         background: bool = False) -> tuple[Engines, dict[str, float]]:
+    """Load the engines once, at worker start (before any fork). Returns load seconds per model.
+
+    `background`: Kokoro goes on loading after this returns (a thread does not survive fork, so only for
+    workers that run jobs in-process); its load time is logged when it is done."""
     engines = Engines()
     seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    kokoro = "kokoro" in names and "kokoro" in (settings.tts_zh_engine, settings.tts_engine)
+    if kokoro and not background:  # both loads at once: the worker is up when the slower is done
+        engines.kokoro_loading = _start_kokoro(settings)
     if "piper" in names:
-        engines.piper, seconds[f"piper:{settings.tts_voice}"] = timed(lambda: _warm(PiperEngine(settings.tts_voice)))
+        engines.piper, seconds[f"piper:{settings.tts_voice}"] = timed(
+            lambda: _warm(PiperEngine(settings.tts_voice, settings.tts_cpu_threads)))
+    if kokoro and background:  # after piper: loading beside it tripled piper's time (1.5 s to 4.6 s)
+        engines.kokoro_loading = _start_kokoro(settings)
+    if engines.kokoro_loading is not None and not background:
+        engines.kokoro_loading.result()
+        seconds[f"kokoro:{settings.tts_kokoro_voice}"] = time.perf_counter() - start
     if "espeak" in names:
         engines.espeak, seconds["espeak-ng"] = timed(lambda: EspeakEngine(settings.tts_zh_voice))
     if "edge" in names:
@@ -69,6 +102,37 @@ def load(settings: TtsSettings, names: tuple[str, ...] = ENGINE_NAMES) -> tuple[
 def _warm(piper: PiperEngine) -> PiperEngine:
     piper.warm_up()
     return piper
+
+
+def _start_kokoro(settings: TtsSettings) -> Future[KokoroEngine | None]:
+    future: Future[KokoroEngine | None] = Future()
+
+    def run() -> None:
+        start = time.perf_counter()
+        try:
+            future.set_result(_kokoro(settings))
+        except BaseException as exc:  # whoever waits for the engine gets the error
+            future.set_exception(exc)
+            return
+        model, seconds = f"kokoro:{settings.tts_kokoro_voice}", time.perf_counter() - start
+        # Loaded after the worker published its start-up load times, so it reports its own.
+        metrics.set_gauge(metrics.MODEL_LOAD, seconds, stage="tts", model=model)
+        log.info("model loaded", extra={"model": model, "seconds": round(seconds, 3)})
+
+    threading.Thread(target=run, name="kokoro-load", daemon=True).start()
+    return future
+
+
+def _kokoro(settings: TtsSettings) -> KokoroEngine | None:
+    """Kokoro, warmed up; None (espeak-ng then speaks Mandarin) when its packages or model are missing."""
+    try:
+        kokoro = KokoroEngine(settings.tts_kokoro_voice, threads=settings.tts_kokoro_threads,
+                              models_dir=settings.models_dir)
+    except (ImportError, OSError, RuntimeError) as exc:
+        log.error("Kokoro did not load; espeak-ng speaks Mandarin", extra={"error": repr(exc)})
+        return None
+    kokoro.warm_up()
+    return kokoro
 
 
 @dataclass
@@ -93,13 +157,16 @@ def engine_of_voice(engines: Engines, voice: str) -> str:
         return "edge"
     if engines.piper is not None and voice == engines.piper.voice:
         return "piper"
+    if engines.kokoro is not None and voice in engines.kokoro.voices:
+        return "kokoro"
     if engines.espeak is not None and voice.lower() in engines.espeak.voices:
         return "espeak"
     raise StageError("unknown_voice", f"no engine has a voice named {voice!r}")
 
 
 def local_engine(engines: Engines, language: str | None) -> TtsEngine:
-    for engine in (engines.piper, engines.espeak):
+    for name in ("piper", "kokoro", "espeak"):  # by name: only a language piper lacks waits for Kokoro's load
+        engine = engines.get(name)
         if engine is not None and engine.supports(language):
             return engine
     raise StageError("unsupported_language", f"no local TTS voice for language {language!r}")
@@ -175,7 +242,7 @@ def synthesize(engines: Engines, settings: TtsSettings, text: str, *, language: 
 
 def _edge_down_reason(conn: redis.Redis | None) -> str | None:
     down = conn.get(EDGE_DOWN_KEY) if conn is not None else None
-    return down.decode() if isinstance(down, bytes) else None
+    return as_text(down) if down is not None else None
 
 
 def _mark_edge_down(conn: redis.Redis | None, settings: TtsSettings, reason: str) -> None:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from services.tts import tasks
 from services.tts.config import TtsSettings
-from shared.worker import serve
+from shared import queues
+from shared.worker import Service, serve
+
+SERVICE = Service("tts", tasks.load, tasks.work, tasks={queues.CHUNK_TASK: tasks.speak_sentence})
 
 
 def main() -> None:
     settings = TtsSettings()
-
-    def preload() -> dict[str, float]:
-        return tasks.preload(settings)
-
-    serve("tts", settings, settings.tts_metrics_port, preload)
+    serve(SERVICE, settings, settings.tts_metrics_port)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,17 @@ def asr_settings(redis_url: str) -> AsrSettings:
     return AsrSettings(redis_url=redis_url)
 
 
+_LOADED: dict[str, tasks.Resources] = {}
+
+
+def loaded(settings: AsrSettings) -> tasks.Resources:
+    """The ASR service's resources for these settings, loaded once per test session (as a worker would)."""
+    key = settings.model_dump_json()
+    if key not in _LOADED:
+        _LOADED[key] = tasks.load(settings)
+    return _LOADED[key]
+
+
 def submit(conn: redis.Redis, data: bytes, **options: Any) -> str:
     blob_id = RedisBlobStore(conn).put(data, "application/octet-stream", 600)
     return jobs.create(conn, kind="transcription", priority="live", inputs={"blob_id": blob_id},
@@ -29,7 +40,7 @@ def submit(conn: redis.Redis, data: bytes, **options: Any) -> str:
 def transcribe(conn: redis.Redis, settings: AsrSettings, path: Path, **options: Any) -> dict[str, Any]:
     """Run the ASR stage on a file; returns the finished job record."""
     job_id = submit(conn, path.read_bytes(), **options)
-    stage.run("asr", job_id, conn, settings, tasks.work)
+    stage.run("asr", job_id, conn, settings, tasks.work, loaded(settings))
     record = jobs.load(conn, job_id)
     assert record is not None
     return record

@@ -16,10 +16,11 @@ import pytest
 import redis
 from faster_whisper import WhisperModel
 
-from services.asr import channels, tasks
+from services.asr import channels, script, tasks
 from services.asr.config import AsrSettings
-from shared import audio, events, jobs, models, stage, subtitles, textnorm
-from tests.asr.conftest import metric, partials, submit, transcribe
+from services.gateway import subtitles
+from shared import audio, events, jobs, models, stage, textnorm
+from tests.asr.conftest import loaded, metric, partials, submit, transcribe
 
 JFK = "en_short/jfk.flac"
 PHONE = "telephone/LDC93S1_pcms16le_1_8000.wav"
@@ -88,9 +89,11 @@ def test_transcript_equals_raw_faster_whisper(conn: redis.Redis, asr_settings: A
     result = transcribe(conn, asr_settings, speech / clip, language=language)["results"]["asr"]
     prompt = asr_settings.asr_language_prompts.get(language)
     pieces, info = raw_models[model].transcribe(str(speech / clip), language=language,
-                                                beam_size=asr_settings.asr_beam_size,
+                                                beam_size=tasks.beam_size(asr_settings, language),
                                                 vad_filter=asr_settings.asr_vad, initial_prompt=prompt)
     raw = list(pieces)
+    for piece in raw:  # the stage writes Mandarin in Simplified characters: so does the reference decode
+        piece.text = script.convert(piece.text, script.conversion(language, language))
     assert result["model"] == model
     assert result["text"] == "".join(s.text for s in raw).strip()
     assert [(s["start"], s["end"]) for s in result["segments"]] == [(round(s.start, 3), round(s.end, 3))
@@ -147,7 +150,7 @@ def test_silence_is_an_empty_low_confidence_transcript(conn: redis.Redis, asr_se
 
 def transcribe_bytes(conn: redis.Redis, settings: AsrSettings, data: bytes, **options: Any) -> dict[str, Any]:
     job_id = submit(conn, data, **options)
-    stage.run("asr", job_id, conn, settings, tasks.work)
+    stage.run("asr", job_id, conn, settings, tasks.work, loaded(settings))
     record = jobs.load(conn, job_id)
     assert record is not None
     return record
@@ -185,7 +188,7 @@ def test_expired_audio_fails_the_job(conn: redis.Redis, asr_settings: AsrSetting
     record = jobs.load(conn, job_id)
     assert record is not None
     conn.delete(f"vq:blob:{record['inputs']['blob_id']}")
-    stage.run("asr", job_id, conn, asr_settings, tasks.work)
+    stage.run("asr", job_id, conn, asr_settings, tasks.work, loaded(asr_settings))
     record = jobs.load(conn, job_id)
     assert record is not None and record["status"] == "failed"
     assert record["error"]["reason"] == "audio_missing"
@@ -200,7 +203,8 @@ def test_unknown_language_fails_the_job(conn: redis.Redis, asr_settings: AsrSett
 def test_cancel_stops_transcribing(conn: redis.Redis, asr_settings: AsrSettings, speech: Path) -> None:
     """Cancelling mid-way: decoding stops at the next window and no result is stored."""
     job_id = submit(conn, (speech / LONG).read_bytes(), language="en")
-    worker = threading.Thread(target=stage.run, args=("asr", job_id, conn, asr_settings, tasks.work))
+    worker = threading.Thread(target=stage.run, args=("asr", job_id, conn, asr_settings, tasks.work,
+                                                      loaded(asr_settings)))
     worker.start()
     deadline = time.monotonic() + 60
     while not partials(conn, job_id) and time.monotonic() < deadline:
@@ -219,8 +223,9 @@ def test_cancel_stops_transcribing(conn: redis.Redis, asr_settings: AsrSettings,
 @pytest.mark.parametrize(("clip", "language", "hotwords", "before", "after"), [
     # Measured: "He was not an old-sposed young man." → "... an ill-disposed young man."
     ("en_short/librivox_sense_and_sensibility_0880.wav", "en", "ill disposed", 0.25, 0.0),
-    # Measured: 廣州市佛地产中间协会分析 → 廣州市 房地产 中介协会分析 (CER 0.25 → 0.08).
-    (ZH_AISHELL, "zh", ["房地产", "中介协会"], 0.25, 0.09),
+    # Measured, in Simplified since issue 14 (t2s, greedy): 广州市、佛地产中间协会分析 → 广州市 房地产 中介协会分析
+    # (CER 0.167 → 0.0). In Traditional it was 0.25 → 0.08: t2s alone fixes the script, not the words.
+    (ZH_AISHELL, "zh", ["房地产", "中介协会"], 0.15, 0.09),
 ])
 def test_hotwords_steer_the_transcript(conn: redis.Redis, asr_settings: AsrSettings, speech: Path,
                                        references: dict[str, dict[str, str]], clip: str, language: str,

@@ -15,8 +15,9 @@ import pytest
 import redis
 
 from services.asr import channels, diarization
-from services.asr.config import AsrSettings
+from services.asr.config import DIARIZATION_ENGINES, AsrSettings
 from shared import audio, textnorm
+from shared.jobs import Options
 from tests.asr.conftest import transcribe
 from tests.stack import VENV_BIN
 
@@ -44,7 +45,7 @@ def jfk(redis_url: str, asr_settings: AsrSettings, speech: Path) -> tuple[dict[s
         record = transcribe(conn, asr_settings, speech / JFK)
     assert record["status"] == "done", record["error"]
     data = (speech / JFK).read_bytes()
-    heard = channels.tracks(data, channels.channel_count(data), asr_settings, {})
+    heard = channels.tracks(data, channels.channel_count(data), asr_settings, Options())
     assert len(heard) == 1 and heard[0].channel is None
     return record["results"]["asr"], heard
 
@@ -54,7 +55,7 @@ def test_default_is_one_unnamed_speaker(jfk: tuple[dict[str, Any], list[channels
     result, heard = jfk
     assert asr_settings.asr_diarization == "none" and asr_settings.asr_mono_speaker is None
     out = {**result, "segments": [dict(s) for s in result["segments"]]}
-    channels.label_speakers(out, heard, asr_settings)
+    channels.label_speakers(out, heard, diarization.make(asr_settings))
     assert out["segments"] == result["segments"] and "speakers" not in out
     assert all(s["speaker"] is None for s in out["segments"])
     assert textnorm.wer(references[JFK]["transcript"], out["text"]) <= 0.10
@@ -65,7 +66,7 @@ def test_none_engine_labels_every_segment_with_the_configured_name(
     result, heard = jfk
     settings = asr_settings.model_copy(update={"asr_mono_speaker": "caller"})
     out = {**result, "segments": [dict(s) for s in result["segments"]]}
-    channels.label_speakers(out, heard, settings)
+    channels.label_speakers(out, heard, diarization.make(settings))
     assert len(out["segments"]) == len(result["segments"]) >= 2
     assert {s["speaker"] for s in out["segments"]} == {"caller"} and out["speakers"] == ["caller"]
     # Only the speaker changes.
@@ -80,7 +81,7 @@ def test_an_engine_is_chosen_by_name_and_sees_the_audio(jfk: tuple[dict[str, Any
     monkeypatch.setitem(diarization.ENGINES, "halfway", f"{__name__}:HalfwaySplit")
     settings = asr_settings.model_copy(update={"asr_diarization": "halfway"})
     out = {**result, "segments": [dict(s) for s in result["segments"]]}
-    channels.label_speakers(out, heard, settings)
+    channels.label_speakers(out, heard, diarization.make(settings))
     middle = result["duration_s"] / 2
     for seg in out["segments"]:
         assert seg["speaker"] == ("customer" if seg["start"] >= middle else "agent"), seg
@@ -93,12 +94,17 @@ def test_two_channel_calls_keep_their_channel_names(conn: redis.Redis, asr_setti
     assert record["status"] == "done", record["error"]
     result = record["results"]["asr"]
     data = (speech / STEREO).read_bytes()
-    heard = channels.tracks(data, 2, asr_settings, {})
+    heard = channels.tracks(data, 2, asr_settings, Options())
     assert [t.channel for t in heard] == [0, 1]
     settings = asr_settings.model_copy(update={"asr_mono_speaker": "caller"})
     out = {**result, "segments": [dict(s) for s in result["segments"]]}
-    channels.label_speakers(out, heard, settings)
+    channels.label_speakers(out, heard, diarization.make(settings))
     assert out == result and {s["speaker"] for s in out["segments"]} == {"agent", "customer"}
+
+
+def test_the_settings_know_exactly_the_registered_engines() -> None:
+    """The settings validate the name against their own tuple, so that they need not import the registry."""
+    assert sorted(DIARIZATION_ENGINES) == sorted(diarization.ENGINES)
 
 
 def test_an_unknown_engine_is_refused_when_the_worker_starts(redis_url: str) -> None:

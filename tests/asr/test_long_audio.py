@@ -14,6 +14,8 @@ from services.asr import channels, tasks
 from services.asr.config import AsrSettings
 from shared import jobs, stage, textnorm
 from shared.blobs import RedisBlobStore
+from shared.jobs import Options
+from tests.asr.conftest import loaded
 
 SAMPLE_RATE = 16000
 PIECE_S = 10.0  # the short pieces: at most this long, cut in the pauses between stretches of speech
@@ -28,7 +30,7 @@ def submit_batch(conn: redis.Redis, data: bytes, **options: Any) -> str:
 
 def run_batch(conn: redis.Redis, settings: AsrSettings, path: Path, **options: Any) -> dict[str, Any]:
     job_id = submit_batch(conn, path.read_bytes(), **options)
-    stage.run("asr", job_id, conn, settings, tasks.work)
+    stage.run("asr", job_id, conn, settings, tasks.work, loaded(settings))
     record = jobs.load(conn, job_id)
     assert record is not None and record["status"] == "done", record
     return record["results"]["asr"]
@@ -49,10 +51,10 @@ def pieces_at_pauses(samples: np.ndarray) -> list[np.ndarray]:
 
 def in_pieces(settings: AsrSettings, path: Path) -> tuple[str, int]:
     """The recording transcribed piece by piece with the live (sequential) decode, channel after channel."""
-    asr, language = tasks.choose(settings, "en")
+    asr, language = tasks.choose(loaded(settings), "en")
     texts = []
     count = 0
-    for track in channels.tracks(path.read_bytes(), 2, settings, {}):
+    for track in channels.tracks(path.read_bytes(), 2, settings, Options()):
         for piece in pieces_at_pauses(track.samples):
             count += 1
             texts.append(asr.transcribe(piece, language=language, beam_size=settings.asr_beam_size,
@@ -103,7 +105,7 @@ def test_live_turns_keep_the_sequential_decode(conn: redis.Redis, asr_settings: 
     blob_id = RedisBlobStore(conn).put((speech / clip).read_bytes(), "application/octet-stream", 600)
     job_id = jobs.create(conn, kind="transcription", priority="live", inputs={"blob_id": blob_id},
                          options={"language": "en"}, ttl_s=600)
-    stage.run("asr", job_id, conn, asr_settings, tasks.work)
+    stage.run("asr", job_id, conn, asr_settings, tasks.work, loaded(asr_settings))
     live = jobs.load(conn, job_id)["results"]["asr"]  # type: ignore[index]
     assert live["batched"] is False and batched["batched"] is True
     assert len(live["segments"]) > len(batched["segments"])

@@ -15,7 +15,8 @@ import httpx
 import pytest
 import redis
 
-from shared import idempotency, tenants
+from services.gateway import idempotency_store, keystore
+from shared.tenants import OPEN_TENANT
 from tests.conftest import running_redis
 from tests.stack import VENV_BIN, free_port, wait_http
 
@@ -45,7 +46,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
 @pytest.fixture(scope="module")
 def keys(gw: tuple[str, int]) -> dict[str, str]:
     conn = redis.Redis.from_url(gw[0])
-    made = {t: tenants.create(conn, t)[0] for t in ("a", "b")}
+    made = {t: keystore.create(conn, t)[0] for t in ("a", "b")}
     conn.close()
     return made
 
@@ -182,7 +183,7 @@ def test_turn_with_wait_replays_the_reply_audio(client: httpx.Client, stack_redi
     first = client.post("/v1/turns?wait=true", files=files, headers={"Idempotency-Key": key})
     assert first.status_code == 200, first.text
     assert first.headers["content-type"].startswith("audio/") and len(first.content) > 10_000
-    record = stack_redis.get(idempotency.key(tenants.OPEN_TENANT, "/v1/turns", key))
+    record = stack_redis.get(idempotency_store.key(OPEN_TENANT, "/v1/turns", key))
     assert record is not None and len(record) < 4096  # status, headers, job id: no audio
     again = client.post("/v1/turns?wait=true", files=files, headers={"Idempotency-Key": key})
     assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"

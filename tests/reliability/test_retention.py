@@ -18,7 +18,8 @@ import redis
 from rq import Queue, SimpleWorker
 from rq.registry import FailedJobRegistry
 
-from shared import batches, events, jobs, queues, retention
+from services.gateway import batches
+from shared import events, jobs, queues, retention
 from shared.blobs import RedisBlobStore
 from shared.config import CommonSettings
 from tests.conftest import started_stack

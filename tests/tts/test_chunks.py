@@ -1,9 +1,8 @@
-"""Streamed replies: sentences spoken from the queue (`run_chunk`), claimed once, cached, joined by the stage."""
+"""Streamed replies: sentences spoken from the queue (claim and announce), claimed once, cached, joined by the stage."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import threading
 import time
 from typing import Any
@@ -11,11 +10,12 @@ from typing import Any
 import pytest
 import redis
 
-from services.tts import cache, chunks, formats, synth, tasks
+from services.tts import cache, claims, formats, synth, tasks
 from services.tts.config import TtsSettings
 from services.tts.engines.edge import EdgeEngine
 from shared import audio, events, jobs, stage, textnorm
 from shared.blobs import RedisBlobStore
+from shared.jobs import Job
 from tests.tts.conftest import make_settings, metric, transcribe
 from tests.tts.fake_edge import FakeEdge, serve
 
@@ -37,8 +37,22 @@ def finish_llm(conn: redis.Redis, job_id: str, sentences: list[str] = REPLY) -> 
                                           "chunks": [{"seq": i, "text": s} for i, s in enumerate(sentences)]})
 
 
+def produce(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines, job_id: str, seq: int,
+            text: str) -> dict[str, Any] | None:
+    """`claims.produce`, its chunk as the record shows it."""
+    chunk = claims.produce(conn, settings, engines, job_id, seq, text)
+    return chunk.wire() if chunk is not None else None
+
+
+def speak(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines, job: dict[str, Any], seq: int,
+          text: str) -> dict[str, Any] | None:
+    """`claims.speak` for a record as `jobs.load` shows it."""
+    chunk = claims.speak(conn, settings, engines, Job.from_wire(job), seq, text)
+    return chunk.wire() if chunk is not None else None
+
+
 def run_stage(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines, job_id: str) -> dict[str, Any]:
-    stage.run("tts", job_id, conn, settings, functools.partial(tasks.work, engines=engines))
+    stage.run("tts", job_id, conn, settings, tasks.work, tasks.Resources(settings, engines, {}))
     record = jobs.load(conn, job_id)
     assert record is not None
     return record
@@ -96,7 +110,7 @@ def test_queued_chunks_then_the_stage_joins_them(conn: redis.Redis, local_engine
     timings, first_ttfa = [], None
     for seq, sentence in enumerate(REPLY):  # as the LLM streams: the tts worker speaks each sentence
         start = time.perf_counter()
-        chunk = chunks.produce(conn, settings, local_engines, job_id, seq, sentence)
+        chunk = produce(conn, settings, local_engines, job_id, seq, sentence)
         timings.append(time.perf_counter() - start)
         assert chunk is not None and chunk["engine"] == "piper" and not chunk["cached"]
         if seq == 0:
@@ -143,7 +157,7 @@ def test_one_sentence_is_spoken_once_however_many_claim_it(conn: redis.Redis, lo
 
     def deliver() -> None:  # rq retried or delivered the same sentence twice
         barrier.wait()
-        outcomes.append(chunks.produce(conn, settings, local_engines, job_id, 0, REPLY[0]))
+        outcomes.append(produce(conn, settings, local_engines, job_id, 0, REPLY[0]))
 
     threads = [threading.Thread(target=deliver) for _ in range(2)]
     for t in threads:
@@ -163,18 +177,18 @@ def test_events_leave_in_order_when_sentences_finish_out_of_order(conn: redis.Re
                                                                   local_engines: synth.Engines) -> None:
     settings = make_settings()
     job_id = new_job(conn, settings)
-    assert chunks.produce(conn, settings, local_engines, job_id, 2, REPLY[2]) is not None
-    assert chunks.produce(conn, settings, local_engines, job_id, 1, REPLY[1]) is not None
+    assert produce(conn, settings, local_engines, job_id, 2, REPLY[2]) is not None
+    assert produce(conn, settings, local_engines, job_id, 1, REPLY[1]) is not None
     assert job_events(conn, job_id, "tts.chunk") == [], "a later sentence must not be announced before seq 0"
     assert jobs.load(conn, job_id)["ttfa_s"] is None  # type: ignore[index]
-    assert chunks.produce(conn, settings, local_engines, job_id, 0, REPLY[0]) is not None
+    assert produce(conn, settings, local_engines, job_id, 0, REPLY[0]) is not None
     assert [d["seq"] for _, d in job_events(conn, job_id, "tts.chunk")] == [0, 1, 2]
 
 
 def test_the_stage_waits_for_a_sentence_claimed_elsewhere(conn: redis.Redis, local_engines: synth.Engines) -> None:
     settings = make_settings(tts_chunk_wait_s=30)
     job_id = new_job(conn, settings)
-    assert chunks.claim(conn, job_id, 1)  # another worker took sentence 1 and is slow with it
+    assert claims.claim(conn, job_id, 1)  # another worker took sentence 1 and is slow with it
     finish_llm(conn, job_id, REPLY[:2])
     done: list[dict[str, Any]] = []
     runner = threading.Thread(target=lambda: done.append(run_stage(conn, settings, local_engines, job_id)))
@@ -184,7 +198,7 @@ def test_the_stage_waits_for_a_sentence_claimed_elsewhere(conn: redis.Redis, loc
     assert [d["seq"] for _, d in job_events(conn, job_id, "tts.chunk")] == [0]  # it spoke the unclaimed one
     job = jobs.load(conn, job_id)
     assert job is not None
-    landed = chunks.speak(conn, settings, local_engines, job, 1, REPLY[1])  # the slow worker finishes
+    landed = speak(conn, settings, local_engines, job, 1, REPLY[1])  # the slow worker finishes
     runner.join(30)
     assert done and done[0]["status"] == "done", done and done[0]["error"]
     result = done[0]["results"]["tts"]
@@ -196,7 +210,7 @@ def test_the_stage_waits_for_a_sentence_claimed_elsewhere(conn: redis.Redis, loc
 def test_the_stage_speaks_a_sentence_whose_claimer_died(conn: redis.Redis, local_engines: synth.Engines) -> None:
     settings = make_settings(tts_chunk_wait_s=0.5)
     job_id = new_job(conn, settings)
-    assert chunks.claim(conn, job_id, 1)  # …and that worker never comes back
+    assert claims.claim(conn, job_id, 1)  # …and that worker never comes back
     finish_llm(conn, job_id, REPLY[:2])
     start = time.monotonic()
     record = run_stage(conn, settings, local_engines, job_id)
@@ -205,7 +219,7 @@ def test_the_stage_speaks_a_sentence_whose_claimer_died(conn: redis.Redis, local
     assert [c["seq"] for c in record["results"]["tts"]["chunks"]] == [0, 1]
     blobs_before = blob_count(conn)
     # The claimer turns up after all: its copy is refused, its blob dropped, nothing announced twice.
-    late = chunks.speak(conn, settings, local_engines, record, 1, REPLY[1])
+    late = speak(conn, settings, local_engines, record, 1, REPLY[1])
     assert late is not None and late["blob_id"] == record["results"]["tts"]["chunks"][1]["blob_id"]
     assert blob_count(conn) == blobs_before
     assert [d["seq"] for _, d in job_events(conn, job_id, "tts.chunk")] == [0, 1]
@@ -217,9 +231,9 @@ def test_speech_cache_serves_a_repeated_sentence_without_synthesis(conn: redis.R
     hits, misses = (metric("voicequeue_cache_hits_total", cache="speech"),
                     metric("voicequeue_cache_misses_total", cache="speech"))
     first_job, second_job = new_job(conn, settings), new_job(conn, settings)
-    first = chunks.produce(conn, settings, local_engines, first_job, 0, SENTENCE)
+    first = produce(conn, settings, local_engines, first_job, 0, SENTENCE)
     before = synth_counts()
-    second = chunks.produce(conn, settings, local_engines, second_job, 0, f"  {SENTENCE}")
+    second = produce(conn, settings, local_engines, second_job, 0, f"  {SENTENCE}")
     assert first is not None and second is not None
     assert synth_counts() == before, "a cached sentence must not reach the engine"
     assert not first["cached"] and second["cached"] and second["synth_s"] == 0.0
@@ -234,23 +248,23 @@ def test_speech_cache_serves_a_repeated_sentence_without_synthesis(conn: redis.R
                                                                    "speech_cache_hits": 1.0}
     # The key covers the speed: the same words faster are new audio.
     faster = new_job(conn, settings, options={"speed": 1.5})
-    fast = chunks.produce(conn, settings, local_engines, faster, 0, SENTENCE)
+    fast = produce(conn, settings, local_engines, faster, 0, SENTENCE)
     assert fast is not None and not fast["cached"] and fast["duration_s"] < first["duration_s"] * 0.9
 
 
 def test_speech_cache_entries_expire(conn: redis.Redis, local_engines: synth.Engines) -> None:
     settings = make_settings(tts_cache_ttl_s=1)
-    assert chunks.produce(conn, settings, local_engines, new_job(conn, settings), 0, SENTENCE) is not None
+    assert produce(conn, settings, local_engines, new_job(conn, settings), 0, SENTENCE) is not None
     assert local_engines.piper is not None
     key = cache.key_for("piper", local_engines.piper.voice, 1.0, SENTENCE)
     assert 0 < conn.pttl(key) <= 1000
-    assert chunks.produce(conn, settings, local_engines, new_job(conn, settings), 0, SENTENCE)["cached"]  # type: ignore[index]
+    assert produce(conn, settings, local_engines, new_job(conn, settings), 0, SENTENCE)["cached"]  # type: ignore[index]
     time.sleep(1.1)
-    again = chunks.produce(conn, settings, local_engines, new_job(conn, settings), 0, SENTENCE)
+    again = produce(conn, settings, local_engines, new_job(conn, settings), 0, SENTENCE)
     assert again is not None and not again["cached"]
     off = make_settings(tts_cache_ttl_s=0)
     conn.flushdb()
-    chunks.produce(conn, off, local_engines, new_job(conn, off), 0, SENTENCE)
+    produce(conn, off, local_engines, new_job(conn, off), 0, SENTENCE)
     assert list(conn.scan_iter(f"{cache.PREFIX}*")) == []
 
 
@@ -263,7 +277,7 @@ def test_a_sentence_of_an_ended_job_is_not_spoken(conn: redis.Redis, local_engin
     else:
         jobs.put_status(conn, job_id, end)
     before = synth_counts()
-    assert chunks.produce(conn, settings, local_engines, job_id, 0, REPLY[0]) is None
+    assert produce(conn, settings, local_engines, job_id, 0, REPLY[0]) is None
     assert synth_counts() == before
     assert job_events(conn, job_id, "tts.chunk", "tts.chunk_failed") == []
     assert blob_count(conn) == 0
@@ -278,9 +292,9 @@ def test_a_job_cancelled_while_a_sentence_is_spoken_keeps_nothing(conn: redis.Re
     settings = make_settings()
     job_id = new_job(conn, settings)
     job = jobs.load(conn, job_id)
-    assert job is not None and chunks.claim(conn, job_id, 0)
+    assert job is not None and claims.claim(conn, job_id, 0)
     jobs.put_status(conn, job_id, "cancelled")  # barge-in between claim and store
-    assert chunks.speak(conn, settings, local_engines, job, 0, REPLY[0]) is None
+    assert speak(conn, settings, local_engines, job, 0, REPLY[0]) is None
     assert blob_count(conn) == 0 and job_events(conn, job_id, "tts.chunk") == []
 
 
@@ -288,7 +302,7 @@ def test_a_sentence_that_cannot_be_spoken_is_recorded_not_raised(conn: redis.Red
                                                                  local_engines: synth.Engines) -> None:
     settings = make_settings()
     job_id = new_job(conn, settings, options={"voice": "nobody"})
-    chunk = chunks.produce(conn, settings, local_engines, job_id, 0, REPLY[0])
+    chunk = produce(conn, settings, local_engines, job_id, 0, REPLY[0])
     assert chunk is not None and chunk["error"]["reason"] == "unknown_voice" and "nobody" in chunk["error"]["message"]
     assert job_events(conn, job_id, "tts.chunk_failed") == [
         ("tts.chunk_failed", {"seq": 0, "text": REPLY[0], **chunk["error"]})]
@@ -321,9 +335,9 @@ def test_sentences_at_different_sample_rates_join_resampled(conn: redis.Redis, l
         settings = make_settings(tts_edge_url=fake.url)
         engines = dataclasses.replace(local_engines, edge=EdgeEngine(settings))
         job_id = new_job(conn, settings, options={"voice": "en-US-AriaNeural"})
-        first = chunks.produce(conn, settings, engines, job_id, 0, REPLY[0])
+        first = produce(conn, settings, engines, job_id, 0, REPLY[0])
         fake.mode = "unavailable"
-        second = chunks.produce(conn, settings, engines, job_id, 1, REPLY[1])
+        second = produce(conn, settings, engines, job_id, 1, REPLY[1])
     assert first is not None and second is not None
     assert (first["engine"], first["sample_rate"]) == ("edge", 24000)
     assert (second["engine"], second["sample_rate"], second["fallback"]["from"]) == ("piper", 22050, "edge")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import subprocess
 import sys
@@ -35,7 +34,7 @@ def run_job(conn: redis.Redis, engines: synth.Engines, *, kind: str = "speech", 
     for name, result in (results or {}).items():
         jobs.put_result(conn, job_id, name, result)
     engines = dataclasses.replace(engines, edge=EdgeEngine(s))
-    stage.run("tts", job_id, conn, s, functools.partial(tasks.work, engines=engines))
+    stage.run("tts", job_id, conn, s, tasks.work, tasks.Resources(s, engines, {}))
     record = jobs.load(conn, job_id)
     assert record is not None
     return record
@@ -58,7 +57,8 @@ def test_speech_job_stores_a_wav(conn: redis.Redis, local_engines: synth.Engines
     assert result["engine"] == "piper" and result["voice"] == "en_US-joe-medium"
     assert result["characters"] == len(TEXT) and result["fallback"] is None
     assert result["content_type"] == "audio/wav" and result["sample_rate"] == 22050
-    assert 2.0 < result["duration_s"] < 8.0 and 0 < result["rtf"] < 0.5
+    assert 2.0 < result["duration_s"] < 8.0
+    assert 0 < result["rtf"] < 2.0  # a sane ratio, not a speed bar: that is bench/, and this runs on busy machines
     info, content_type = blob_audio(conn, result["blob_id"])
     assert content_type == "audio/wav" and info.container == "wav"
     assert abs(info.duration_s - result["duration_s"]) < 0.01 and info.sample_rate == 22050
@@ -139,7 +139,8 @@ def worker(redis_url: str, tmp_path) -> Iterator[int]:
     proc = subprocess.Popen([sys.executable, "-m", "services.tts.worker"], cwd=REPO, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
+        # piper, then Kokoro and jieba's dictionary: seconds idle, over a minute on a busy machine.
+        deadline = time.monotonic() + 180
         while True:
             assert proc.poll() is None, (tmp_path / "tts-worker.log").read_text()
             try:
@@ -169,7 +170,7 @@ def test_real_worker_forks_with_preloaded_engines(conn: redis.Redis, worker: int
                              options={"language": language}, ttl_s=600)
         assert queues.enqueue(conn, settings, job_id, "tts", "live")
         ids.append(job_id)
-    for job_id, engine in zip(ids, ("piper", "espeak"), strict=True):
+    for job_id, engine in zip(ids, ("piper", "kokoro"), strict=True):  # Kokoro: the worker's Mandarin default
         final = events.wait_terminal(conn, job_id, 60)
         assert final is not None and final[1] == "job.done", final
         result = final[2]["job"]["results"]["tts"]
@@ -181,8 +182,9 @@ def test_real_worker_forks_with_preloaded_engines(conn: redis.Redis, worker: int
     while scrape(worker, 'voicequeue_tts_characters_total{engine="piper"}') != len(TEXT):
         assert time.monotonic() < deadline, f"expected {expected}"
         time.sleep(0.2)
-    assert scrape(worker, 'voicequeue_tts_characters_total{engine="espeak"}') == len(MANDARIN)
+    assert scrape(worker, 'voicequeue_tts_characters_total{engine="kokoro"}') == len(MANDARIN)
     assert scrape(worker, 'voicequeue_model_load_seconds{model="piper:en_US-joe-medium",stage="tts"}') > 0
+    assert scrape(worker, 'voicequeue_model_load_seconds{model="kokoro:jm_kumo",stage="tts"}') > 0
 
 
 def test_real_worker_speaks_queued_sentences_then_joins_them(conn: redis.Redis, worker: int) -> None:

@@ -1,8 +1,9 @@
 """Diarisation engines for mono recordings, chosen by `asr_diarization` (see base.py for the seam).
 
-To add one: write `<name>.py` with a class following `base.Diarizer`, and register it in ENGINES
-with a factory taking the settings. Engines load lazily, so an unused engine's packages need not be
-installed; an unknown name is refused when the settings are read, before the worker starts.
+To add one: write `<name>.py` with a class following `base.Diarizer`, register it in ENGINES
+with a factory taking the settings, and add its name to `services.asr.config.DIARIZATION_ENGINES`.
+Engines load lazily, so an unused engine's packages need not be installed; an unknown name is
+refused when the settings are read, before the worker starts.
 """
 
 from __future__ import annotations

@@ -10,13 +10,14 @@ import redis
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from services.gateway import chunks
+from services.gateway import reply_audio
 from services.gateway.deps import AsyncRedisDep, BlobsDep, RedisDep, SettingsDep, TenantDep
 from services.gateway.errors import ApiError
 from services.gateway.eventstream import follow
 from services.gateway.routes.jobs import load_or_404
 from services.gateway.waiting import failure_status
-from shared import events
+from shared import events, jobs
+from shared.jobs import Job
 
 router = APIRouter(tags=["jobs"])
 _END: Any = object()
@@ -27,24 +28,25 @@ def job_chunk(job_id: str, seq: Annotated[int, Path(ge=0)], conn: RedisDep, blob
               tenant: TenantDep) -> Response:
     """One sentence of the reply as WAV, as soon as its `tts.chunk` event is out."""
     load_or_404(conn, job_id, tenant)
-    chunk = chunks.chunk_record(conn, job_id, seq)
+    chunk = jobs.get_chunk(conn, job_id, seq)
     if chunk is None:
         raise ApiError(404, "chunk_not_found", f"job {job_id!r} has no audio chunk {seq} (yet)")
-    if chunk.get("error") or not chunk.get("blob_id"):
-        raise ApiError(409, "chunk_failed", f"chunk {seq} of job {job_id!r} failed: {chunk.get('error')}")
-    blob = blobs.get(chunk["blob_id"])
+    if chunk.error is not None or not chunk.blob_id:
+        error = chunk.error.wire() if chunk.error is not None else None
+        raise ApiError(409, "chunk_failed", f"chunk {seq} of job {job_id!r} failed: {error}")
+    blob = blobs.get(chunk.blob_id)
     if blob is None:
         raise ApiError(410, "audio_expired", "the chunk's audio has expired")
     return Response(blob[0], media_type=blob[1])
 
 
-async def _whole_reply(conn: redis.Redis, blobs: BlobsDep, job: dict[str, Any]) -> tuple[bytes, int]:
+async def _whole_reply(conn: redis.Redis, blobs: BlobsDep, job: Job) -> tuple[bytes, int]:
     """A job that produced no chunk events: its whole reply, when it is WAV."""
-    result = job["results"].get("tts") or {}
-    blob = await asyncio.to_thread(blobs.get, result.get("blob_id", "")) if result.get("blob_id") else None
-    if blob is None or result.get("format", "wav") != "wav":
+    result = job.results.tts
+    blob = await asyncio.to_thread(blobs.get, result.blob_id) if result is not None and result.blob_id else None
+    if blob is None or result is None or (result.format or "wav") != "wav":
         raise ApiError(409, "no_stream", "this job's reply audio cannot be streamed (no chunks, not WAV)")
-    return chunks.wav_pcm(blob[0])
+    return reply_audio.wav_pcm(blob[0])
 
 
 @router.get("/v1/jobs/{job_id}/audio/stream",
@@ -64,9 +66,9 @@ async def job_audio_stream(
     while the LLM is still writing the rest of the answer.
     """
     record = await asyncio.to_thread(load_or_404, conn, job_id, tenant)
-    if "tts" not in record["plan"]:
+    if "tts" not in record.plan:
         raise ApiError(404, "no_audio", "this job does not produce audio")
-    order = chunks.ChunkOrder()
+    order = reply_audio.ChunkOrder()
     feed = follow(aconn, job_id, idle_s=settings.sse_keepalive_s,
                   timeout_s=settings.stream_first_chunk_wait_s + settings.reply_wait_s)
     final: events.Event | None = None
@@ -85,7 +87,7 @@ async def job_audio_stream(
     if order.first is not None:
         rate = int(order.first["sample_rate"])
     elif final is not None and final[1] == "job.done":
-        whole, rate = await _whole_reply(conn, blobs, final[2]["job"])
+        whole, rate = await _whole_reply(conn, blobs, Job.from_wire(final[2]["job"]))
     elif final is not None and final[1] == "job.failed":
         error = final[2]["error"]
         raise ApiError(failure_status(error), error["reason"], error["message"])
@@ -95,13 +97,13 @@ async def job_audio_stream(
     async def body() -> AsyncIterator[bytes]:
         try:
             if format == "wav":
-                yield chunks.streaming_wav_header(rate)
+                yield reply_audio.streaming_wav_header(rate)
             if whole is not None:
                 yield whole
                 return
             while True:
                 for seq in order.take():
-                    got = await asyncio.to_thread(chunks.chunk_pcm, conn, job_id, seq, rate)
+                    got = await asyncio.to_thread(reply_audio.chunk_pcm, conn, job_id, seq, rate)
                     if got is not None:
                         yield got[0]
                 if order.finished:

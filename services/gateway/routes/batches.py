@@ -14,11 +14,12 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.datastructures import UploadFile as FormFile
 
+from services.gateway import batches, exports
 from services.gateway.config import GatewaySettings
 from services.gateway.deps import BlobsDep, RedisDep, SettingsDep, TenantDep
 from services.gateway.errors import ApiError
 from services.gateway.uploads import check_language, read_audio
-from shared import batches, exports, jobs
+from shared import connection, jobs, keys
 from shared.blobs import RedisBlobStore
 
 router = APIRouter(tags=["batches"])
@@ -84,7 +85,7 @@ def _accept(conn: redis.Redis, settings: GatewaySettings, batch_id: str, options
 
 def _add(conn: redis.Redis, settings: GatewaySettings, batch_id: str, options: dict[str, Any],
          uploads: list[UploadFile], tenant: str) -> list[dict[str, Any]]:
-    held = int(conn.hget(batches.key(batch_id), "n") or 0)
+    held = int(conn.hget(batches.key(batch_id), keys.BATCH_COUNT) or 0)
     if held + len(uploads) > settings.batch_max_files:
         raise ApiError(413, "too_many_files", f"a batch holds at most {settings.batch_max_files} calls")
     return [_accept(conn, settings, batch_id, options, u, tenant) for u in uploads]
@@ -95,14 +96,14 @@ def _stored_inputs(conn: redis.Redis, blobs: RedisBlobStore, ids: list[str], ten
     Another tenant's ids are refused exactly like unknown ones."""
     found = []
     for ident in ids:
-        record = jobs.load(conn, ident)
-        if record is not None and record["tenant"] != tenant:
+        record = jobs.fetch(conn, ident)
+        if record is not None and record.tenant != tenant:
             record = None  # not this caller's job: the id may still name one of its blobs, which it cannot
-        blob_id = record["inputs"].get("blob_id") if record else ident
+        blob_id = record.inputs.blob_id if record else ident
         blob = blobs.get(blob_id) if blob_id and blobs.tenant(blob_id) == tenant else None
         if blob is None:
             raise ApiError(400, "unknown_input", f"no uploaded audio with job or blob id {ident!r}")
-        name = str(record["inputs"].get("filename") or ident) if record else ident
+        name = (record.inputs.filename or ident) if record else ident
         found.append(UploadFile(io.BytesIO(blob[0]), filename=name, headers=Headers({"content-type": blob[1]})))
     return found
 
@@ -159,6 +160,7 @@ async def create_batch(request: Request, conn: RedisDep, blobs: BlobsDep, settin
         raise ApiError(413, "too_many_files", f"a batch holds at most {settings.batch_max_files} calls")
     batch_id = batches.create(conn, options, settings.job_ttl_s, tenant=tenant)
     added = await asyncio.to_thread(_add, conn, settings, batch_id, _call_options(options, form), uploads, tenant)
+    await asyncio.to_thread(connection.wait_for_replicas, conn, settings)  # acknowledged = on a replica
     return {"id": batch_id, "calls": added}
 
 
@@ -173,6 +175,7 @@ async def add_files(batch_id: str, request: Request, conn: RedisDep, settings: S
         raise ApiError(400, "no_files", "send at least one file in the multipart field 'files'")
     added = await asyncio.to_thread(_add, conn, settings, batch_id, _call_options(info["options"], form), uploads,
                                     tenant)
+    await asyncio.to_thread(connection.wait_for_replicas, conn, settings)
     return {"id": batch_id, "calls": added}
 
 

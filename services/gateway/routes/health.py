@@ -11,9 +11,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rq import Queue, Worker
 
+from services.gateway import keystore
 from services.gateway.config import GatewaySettings
 from services.gateway.deps import RedisDep, SettingsDep
-from shared import queues, tenants
+from shared import queues
+from shared.tenants import OPEN_TENANT
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -21,7 +23,7 @@ router = APIRouter(tags=["health"])
 
 def auth_state(conn: redis.Redis, settings: GatewaySettings) -> str:
     """"on" once a key exists (or VQ_AUTH_REQUIRED is set), otherwise "off"."""
-    return "on" if tenants.auth_enabled(conn, settings.auth_required) else "off"
+    return "on" if keystore.auth_enabled(conn, settings.auth_required) else "off"
 
 
 def warn_if_open(conn: redis.Redis, settings: GatewaySettings) -> None:
@@ -34,7 +36,7 @@ def warn_if_open(conn: redis.Redis, settings: GatewaySettings) -> None:
     if state == "off":
         log.warning("auth is OFF: no API key exists and VQ_AUTH_REQUIRED is false, so every request is served "
                     "without a key as tenant %r. Create a key with `voicequeue keys create --tenant NAME` "
-                    "or set VQ_AUTH_REQUIRED=true.", tenants.OPEN_TENANT)
+                    "or set VQ_AUTH_REQUIRED=true.", OPEN_TENANT)
 
 
 @router.get("/healthz")

@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
-from services.gateway import chunks
+from services.gateway import reply_audio
 from services.gateway.deps import AsyncRedisDep, BlobsDep, RedisDep, SettingsDep, TenantDep
 from services.gateway.errors import ApiError
 from services.gateway.submit import submit
@@ -48,13 +48,13 @@ async def speech(
     job_id = await asyncio.to_thread(submit, conn, settings, kind="speech", options=options, text=text,
                                     tenant=tenant)
     job = await wait_done(aconn, job_id, settings.reply_wait_s, what="speech")
-    result = job["results"]["tts"]
-    blob = await asyncio.to_thread(blobs.get, result["blob_id"])
-    if blob is None:
+    result = job.results.tts
+    blob = await asyncio.to_thread(blobs.get, result.blob_id) if result is not None and result.blob_id else None
+    if blob is None or result is None:
         raise ApiError(410, "audio_expired", "the speech audio has expired")
-    headers = {"X-Job-Id": job_id, "X-Sample-Rate": str(result["sample_rate"])}
+    headers = {"X-Job-Id": job_id, "X-Sample-Rate": str(result.sample_rate)}
     if body.response_format == "pcm":
-        pcm, _ = chunks.wav_pcm(blob[0])
+        pcm, _ = reply_audio.wav_pcm(blob[0])
         return Response(pcm, media_type="audio/pcm", headers={**headers, "X-Sample-Format": "s16le",
                                                                "X-Channels": "1"})
     return Response(blob[0], media_type=blob[1], headers=headers)

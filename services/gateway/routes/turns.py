@@ -51,9 +51,10 @@ async def create_turn(
     if not wait:
         return JSONResponse(links(request, settings, job_id), status_code=202)
     job = await wait_done(aconn, job_id, settings.reply_wait_s, what="turn")
-    blob = await asyncio.to_thread(blobs.get, job["results"]["tts"]["blob_id"])
+    tts, asr, reply = job.results.tts, job.results.asr, job.reply
+    blob = await asyncio.to_thread(blobs.get, tts.blob_id) if tts is not None and tts.blob_id else None
     if blob is None:
         raise ApiError(410, "audio_expired", "the reply audio has expired")
-    headers = {"X-Job-Id": job_id, "X-Transcript": header_text(job["results"]["asr"]["text"]),
-               "X-Reply-Text": header_text(job["results"]["llm"]["text"])}
+    headers = {"X-Job-Id": job_id, "X-Transcript": header_text(asr.text if asr else ""),
+               "X-Reply-Text": header_text(reply.text if reply else "")}
     return Response(blob[0], media_type=blob[1], headers=headers)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -44,4 +44,4 @@ def base_language(language: str | None) -> str | None:
 def to_int16(audio: np.ndarray) -> np.ndarray:
     if audio.dtype == np.int16:
         return audio
-    return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+    return cast(np.ndarray, (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16))

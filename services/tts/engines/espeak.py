@@ -3,8 +3,13 @@
 It uses the libespeak-ng 1.52 and data bundled in `espeakng-loader`, through
 ctypes: Debian's 1.51 cannot speak Mandarin. The library is initialised in
 synchronous mode, which starts no threads, so it can be loaded once in the
-worker's parent and used in the forked job processes. libespeak-ng keeps
-global state, so one process holds one `EspeakEngine`.
+worker's parent and used in the forked job processes.
+
+libespeak-ng keeps global state (one voice, one callback, one output buffer),
+and a second `espeak_Initialize` in a process that already spoke crashed it
+(a segfault when a test module loaded the engines after another had). So the
+library is initialised once per process (`_library()`) and every
+`EspeakEngine` shares it, and its lock.
 """
 
 from __future__ import annotations
@@ -56,6 +61,39 @@ def voice_names(data_dir: Path) -> frozenset[str]:
     return frozenset(p.name.lower() for p in (data_dir / "lang").rglob("*") if p.is_file())
 
 
+class _Library:
+    """The process's one initialised libespeak-ng: the callback fills `chunks` of the synthesis under `lock`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.lib = _load_library()
+        self.sample_rate = self.lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data_dir).encode(),
+                                                      INITIALIZE_DONT_EXIT)
+        if self.sample_rate <= 0:
+            raise EspeakError(f"espeak_Initialize failed ({self.sample_rate}) with data at {data_dir}")
+        self.chunks: list[np.ndarray] = []
+        self.lock = threading.Lock()
+        # Keep a reference: ctypes frees the C trampoline when the Python object goes.
+        self.callback = SynthCallback(self._collect)
+        self.lib.espeak_SetSynthCallback(self.callback)
+
+    def _collect(self, wav: ctypes._Pointer[ctypes.c_short], count: int, _events: int | None) -> int:
+        if count > 0 and wav:
+            self.chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+        return 0  # 0 = go on
+
+
+_LIBRARY: _Library | None = None
+_LIBRARY_LOCK = threading.Lock()
+
+
+def _library(data_dir: Path) -> _Library:
+    global _LIBRARY
+    with _LIBRARY_LOCK:
+        if _LIBRARY is None:
+            _LIBRARY = _Library(data_dir)
+        return _LIBRARY
+
+
 class EspeakEngine:
     name = "espeak"
 
@@ -67,22 +105,8 @@ class EspeakEngine:
         for v in (self.zh_voice, self.default_voice):
             if v not in self.voices:
                 raise EspeakError(f"espeak-ng has no voice {v!r}")
-        self._lib = _load_library()
-        rate = self._lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data_dir).encode(),
-                                           INITIALIZE_DONT_EXIT)
-        if rate <= 0:
-            raise EspeakError(f"espeak_Initialize failed ({rate}) with data at {data_dir}")
-        self.sample_rate = rate
-        self._chunks: list[np.ndarray] = []
-        # Keep a reference: ctypes frees the C trampoline when the Python object goes.
-        self._callback = SynthCallback(self._collect)
-        self._lib.espeak_SetSynthCallback(self._callback)
-        self._lock = threading.Lock()
-
-    def _collect(self, wav: ctypes._Pointer, count: int, _events: int | None) -> int:
-        if count > 0 and wav:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
-        return 0  # 0 = go on
+        self._library = _library(data_dir)
+        self.sample_rate = self._library.sample_rate
 
     def _voice_for_language(self, language: str | None) -> str:
         base = base_language(language)
@@ -107,13 +131,14 @@ class EspeakEngine:
         name = self.voice_for(voice, language)
         data = text.encode()
         rate = int(min(MAX_RATE_WPM, max(MIN_RATE_WPM, DEFAULT_RATE_WPM * speed)))
-        with self._lock:
-            if self._lib.espeak_SetVoiceByName(name.encode()) != EE_OK:
+        shared = self._library
+        with shared.lock:
+            if shared.lib.espeak_SetVoiceByName(name.encode()) != EE_OK:
                 raise EspeakError(f"espeak-ng could not select voice {name!r}")
-            self._lib.espeak_SetParameter(PARAM_RATE, rate, 0)
-            self._chunks = []
-            rc = self._lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
-            chunks, self._chunks = self._chunks, []
+            shared.lib.espeak_SetParameter(PARAM_RATE, rate, 0)
+            shared.chunks = []
+            rc = shared.lib.espeak_Synth(data, len(data) + 1, 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
+            chunks, shared.chunks = shared.chunks, []
         if rc != EE_OK:
             raise EspeakError(f"espeak_Synth failed with code {rc}")
         pcm = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)

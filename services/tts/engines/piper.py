@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 from piper import PiperVoice, SynthesisConfig
 
 from services.tts.engines.base import Speech, base_language
@@ -24,13 +25,24 @@ def voice_paths(voice: str) -> tuple[Path, Path]:
     return model, config
 
 
+def _session(model: Path, threads: int) -> onnxruntime.InferenceSession:
+    """piper's session with its thread pool capped: onnxruntime starts one thread per core by default, which
+    spin against the ASR and LLM threads on a shared node (shared/cpu.py)."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 class PiperEngine:
     name = "piper"
 
-    def __init__(self, voice: str = SHIPPED_VOICE) -> None:
+    def __init__(self, voice: str = SHIPPED_VOICE, threads: int | None = None) -> None:
         model, config = voice_paths(voice)
         self.voice = voice if voice == SHIPPED_VOICE else model.stem
         self._model = PiperVoice.load(model, config)
+        if threads:
+            self._model.session = _session(model, threads)
         self.sample_rate = self._model.config.sample_rate
         # "en_US" → "en": piper voices speak one language.
         self.language = base_language(self._model.config.espeak_voice) or "en"

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-PREFIX = "vq:ratelimit:"
+from shared import keys
+
+PREFIX = keys.RATELIMIT_PREFIX
 
 # KEYS[1] bucket hash; ARGV: per_s, burst, cost. Returns {allowed, tokens left x1000, ms until `cost` tokens}.
 _TAKE = """

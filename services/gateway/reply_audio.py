@@ -1,63 +1,38 @@
-"""A streamed reply's audio chunks: finding them, reading their PCM, and putting them in order."""
+"""A streamed reply's audio as the caller hears it: each sentence's PCM, in sequence order, as it is ready."""
 
 from __future__ import annotations
 
-import io
-import json
 import struct
-import wave
 from dataclasses import dataclass, field
 from typing import Any
 
-import av
-import numpy as np
 import redis
 
-from shared import events, jobs
+from shared import audio, events, jobs
 from shared.blobs import RedisBlobStore
+from shared.jobs import Job
 
 UNKNOWN_SIZE = 0xFFFFFFFF
 
 
-def chunk_record(conn: redis.Redis, job_id: str, seq: int) -> dict[str, Any] | None:
-    raw = conn.hget(jobs.key(job_id), f"chunk:{seq}")
-    if raw is None:
-        return None
-    chunk: dict[str, Any] = json.loads(raw)
-    return chunk
-
-
 def wav_pcm(data: bytes) -> tuple[bytes, int]:
-    """A mono 16-bit WAV → (its s16le PCM, its sample rate)."""
-    with wave.open(io.BytesIO(data)) as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise ValueError("chunk audio is not 16-bit mono WAV")
-        return w.readframes(w.getnframes()), w.getframerate()
-
-
-def resample(pcm: bytes, rate: int, target: int) -> bytes:
-    if rate == target or not pcm:
-        return pcm
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=target)
-    frame = av.AudioFrame.from_ndarray(np.frombuffer(pcm, dtype=np.int16).reshape(1, -1), format="s16",
-                                       layout="mono")
-    frame.sample_rate = rate
-    out = [f.to_ndarray().reshape(-1) for f in [*resampler.resample(frame), *resampler.resample(None)]]
-    return np.concatenate(out).astype(np.int16).tobytes() if out else b""
+    """A sentence's WAV → (its s16le PCM, its sample rate)."""
+    pcm, rate = audio.read_wav(data)
+    return pcm.tobytes(), rate
 
 
 def chunk_pcm(conn: redis.Redis, job_id: str, seq: int, rate: int | None = None) -> tuple[bytes, int] | None:
-    """A chunk's PCM (resampled to `rate` if given) and its rate; None if the chunk or its audio is gone."""
-    chunk = chunk_record(conn, job_id, seq)
-    if not chunk or not chunk.get("blob_id"):
+    """A sentence's PCM (resampled to `rate` if given) and its rate; None if the sentence or its audio is gone."""
+    chunk = jobs.get_chunk(conn, job_id, seq)
+    if chunk is None or not chunk.blob_id:
         return None
-    blob = RedisBlobStore(conn).get(chunk["blob_id"])
+    blob = RedisBlobStore(conn).get(chunk.blob_id)
     if blob is None:
         return None
-    pcm, own_rate = wav_pcm(blob[0])
+    pcm, own_rate = audio.read_wav(blob[0])
     if rate is None:
-        return pcm, own_rate
-    return resample(pcm, own_rate, rate), rate
+        return pcm.tobytes(), own_rate
+    return audio.resample(pcm, own_rate, rate).tobytes(), rate
 
 
 def streaming_wav_header(rate: int) -> bytes:
@@ -89,8 +64,9 @@ class ChunkOrder:
             self.total = int(data["chunks"])
         elif type_ in events.TERMINAL:
             self.ended = True
-            for chunk in (data.get("job") or {}).get("chunks", []):
-                (self.skipped if chunk.get("error") else self.ready).add(int(chunk["seq"]))
+            record = Job.from_wire(data["job"]) if type_ == "job.done" else None
+            for chunk in record.chunks if record is not None else []:
+                (self.skipped if chunk.error is not None else self.ready).add(chunk.seq)
 
     def take(self) -> list[int]:
         """The next sequence numbers to send, in order. After the job ended, gaps are skipped."""

@@ -12,12 +12,13 @@ import time
 
 import redis
 
-from shared import tenants
+from services.gateway import keystore
+from shared import connection
 from shared.config import CommonSettings
 
 
 def _conn() -> redis.Redis:
-    return redis.Redis.from_url(CommonSettings().redis_url)
+    return connection.client(CommonSettings())
 
 
 def _when(ts: float) -> str:
@@ -26,11 +27,11 @@ def _when(ts: float) -> str:
 
 def create(args: argparse.Namespace) -> int:
     try:
-        tenants.check_tenant_name(args.tenant)
+        keystore.check_tenant_name(args.tenant)
     except ValueError as exc:
         print(f"voicequeue keys create: {exc}", file=sys.stderr)
         return 2
-    plain, key = tenants.create(_conn(), args.tenant)
+    plain, key = keystore.create(_conn(), args.tenant)
     print(plain)
     # The notes go to stderr, so `KEY=$(voicequeue keys create --tenant t)` captures the key alone.
     print(f"key id {key.key_id} for tenant {key.tenant!r}. This is the only time the key is shown: "
@@ -40,7 +41,7 @@ def create(args: argparse.Namespace) -> int:
 
 
 def revoke(args: argparse.Namespace) -> int:
-    key = tenants.revoke(_conn(), args.key)
+    key = keystore.revoke(_conn(), args.key)
     if key is None:
         print("voicequeue keys revoke: no such key (unknown id, or already revoked)", file=sys.stderr)
         return 1
@@ -49,7 +50,7 @@ def revoke(args: argparse.Namespace) -> int:
 
 
 def list_(args: argparse.Namespace) -> int:
-    found = tenants.list_keys(_conn())
+    found = keystore.list_keys(_conn())
     if not found:
         print("no API keys: auth is off unless VQ_AUTH_REQUIRED=true", file=sys.stderr)
         return 0

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from shared import subtitles
+from services.gateway import subtitles
 
 FORMATS = ("jsonl", "csv", "srt", "vtt")
 CSV_COLUMNS = ("file", "hash", "job_id", "status", "duration_s", "language", "channels", "speakers", "text",

@@ -1,21 +1,20 @@
-"""The sentences of a streamed reply: each spoken once, stored, and announced in order.
+"""Claim and announce: each sentence of a streamed reply spoken once, stored, and announced in order.
 
-The LLM enqueues one `run_chunk` per sentence while it is still writing, and
-the job's `tts` stage comes after it. Whoever gets to a sentence first claims
-it (HSETNX `claim:tts:<seq>` on the job hash) and speaks it; the stage waits
-for sentences claimed elsewhere, and speaks one itself when its claimer takes
-longer than `tts_chunk_wait_s` (the claimer may have died). A claim names its
-claimer (the rq job), so when that very job runs again after its worker died (the
-claim is older than a worker takes to be declared dead) it takes the sentence up
-again, within the stage's retry budget. Storing a sentence
-is one optimistic transaction that refuses a second copy, so a late claimer
-cannot duplicate it, and that announces `tts.chunk` events strictly in
-sequence order even when several workers finish out of order.
+The LLM enqueues one sentence job per sentence while it is still writing, and
+the job's `tts` stage comes after it. Whoever gets to a sentence first claims it
+(HSETNX of `keys.sentence_claim_field(seq)` on the job hash) and speaks it; the
+stage waits for sentences claimed elsewhere, and speaks one itself when its
+claimer takes longer than `tts_chunk_wait_s` (the claimer may have died). A claim
+names its claimer (the rq job), so when that very job runs again after its worker
+died (the claim is older than a worker takes to be declared dead) it takes the
+sentence up again, within the stage's retry budget. Storing a sentence is one
+optimistic transaction that refuses a second copy, so a late claimer cannot
+duplicate it, and that announces `tts.chunk` events strictly in sequence order
+even when several workers finish out of order. `docs/architecture.md` draws it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -25,17 +24,14 @@ import redis
 from services.tts import cache, formats, synth
 from services.tts.config import TtsSettings
 from services.tts.options import SpeakOptions, from_job
-from shared import audio, events, jobs, metrics, queues
+from shared import audio, events, jobs, keys, metrics, queues
 from shared.blobs import RedisBlobStore
+from shared.jobs import Chunk, ChunkError, Job, JobStatus
+from shared.redisio import text as as_text
+from shared.redisio import transaction
 from shared.stage import StageError
 
 log = logging.getLogger(__name__)
-
-ANNOUNCED = "tts:announced"  # the next seq whose event is due
-
-
-def claim_field(seq: int) -> str:
-    return f"claim:tts:{seq}"
 
 
 def url(job_id: str, seq: int) -> str:
@@ -45,14 +41,14 @@ def url(job_id: str, seq: int) -> str:
 def claim(conn: redis.Redis, job_id: str, seq: int, owner: str = "") -> bool:
     """Take the sentence for `owner` (an rq job id); the value is "<claim time> <owner>", so a waiter can
     tell a stale claim and a re-run of the owner its own."""
-    return bool(conn.hsetnx(jobs.key(job_id), claim_field(seq), f"{time.time()} {owner}".strip()))
+    return bool(conn.hsetnx(jobs.key(job_id), keys.sentence_claim_field(seq), f"{time.time()} {owner}".strip()))
 
 
 def _claim(conn: redis.Redis, job_id: str, seq: int) -> tuple[float, str] | None:
-    value = conn.hget(jobs.key(job_id), claim_field(seq))
+    value = conn.hget(jobs.key(job_id), keys.sentence_claim_field(seq))
     if value is None:
         return None
-    at, _, owner = (value.decode() if isinstance(value, bytes) else str(value)).partition(" ")
+    at, _, owner = as_text(value).partition(" ")
     return float(at), owner
 
 
@@ -75,13 +71,8 @@ def _abandoned_by(conn: redis.Redis, settings: TtsSettings, job_id: str, seq: in
     return found is not None and found[1] == owner and time.time() - found[0] >= stale_s
 
 
-def get(conn: redis.Redis, job_id: str, seq: int) -> dict[str, Any] | None:
-    value = conn.hget(jobs.key(job_id), f"chunk:{seq}")
-    return json.loads(value) if value is not None else None
-
-
-def speak(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines, job: dict[str, Any], seq: int,
-          text: str) -> dict[str, Any] | None:
+def speak(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines, job: Job, seq: int,
+          text: str) -> Chunk | None:
     """Synthesize (speech cache first) and store one sentence. Never raises on input: a sentence that cannot
     be spoken is stored with an `error`. Returns the stored chunk (another process's if it got there first),
     or None when the job was cancelled or deleted meanwhile."""
@@ -90,17 +81,17 @@ def speak(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines, job:
     except StageError as exc:
         chunk = _failed(seq, text, exc.reason, exc.message)
     except Exception as exc:  # one bad sentence must not take the worker (or the other sentences) down
-        log.exception("chunk synthesis crashed", extra={"job_id": job["id"], "seq": seq})
+        log.exception("chunk synthesis crashed", extra={"job_id": job.id, "seq": seq})
         chunk = _failed(seq, text, "internal_error", f"{type(exc).__name__}: {exc}")
     return commit(conn, settings, job, chunk)
 
 
-def _failed(seq: int, text: str, reason: str, message: str) -> dict[str, Any]:
-    return {"seq": seq, "text": text, "duration_s": 0.0, "error": {"reason": reason, "message": message}}
+def _failed(seq: int, text: str, reason: str, message: str) -> Chunk:
+    return Chunk(seq=seq, text=text, duration_s=0.0, error=ChunkError(reason=reason, message=message))
 
 
-def _synthesize(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines, job: dict[str, Any], seq: int,
-                text: str) -> dict[str, Any]:
+def _synthesize(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines, job: Job, seq: int,
+                text: str) -> Chunk:
     text = text.strip()
     opts = from_job(job, settings)
     routed = synth.route(engines, settings, text, language=opts.language, voice=opts.voice, engine=opts.engine)
@@ -122,10 +113,10 @@ def _synthesize(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines
                       settings.tts_cache_ttl_s)
     metrics.inc(metrics.AUDIO_SECONDS, speech.duration_s, stage="tts")
     blob_id = RedisBlobStore(conn).put(wav, formats.CONTENT_TYPES["wav"], settings.blob_ttl_s,
-                                       tenant=job["tenant"])
-    return {"seq": seq, "blob_id": blob_id, "duration_s": round(speech.duration_s, 4),
-            "sample_rate": speech.sample_rate, "text": text, **spoken,
-            "ready_s": round(time.perf_counter() - start, 4)}
+                                       tenant=job.tenant)
+    return Chunk.model_validate({"seq": seq, "blob_id": blob_id, "duration_s": round(speech.duration_s, 4),
+                                 "sample_rate": speech.sample_rate, "text": text, **spoken,
+                                 "ready_s": round(time.perf_counter() - start, 4)})
 
 
 def _synthesize_now(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines, text: str,
@@ -139,88 +130,84 @@ def _synthesize_now(conn: redis.Redis, settings: TtsSettings, engines: synth.Eng
     return result
 
 
-def event(job_id: str, chunk: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    seq = int(chunk["seq"])
-    if chunk.get("error"):
-        return "tts.chunk_failed", {"seq": seq, "text": chunk["text"], **chunk["error"]}
-    return "tts.chunk", {"seq": seq, "url": url(job_id, seq), "duration_s": chunk["duration_s"],
-                         "sample_rate": chunk["sample_rate"], "text": chunk["text"]}
+def event(job_id: str, chunk: Chunk) -> tuple[str, dict[str, Any]]:
+    if chunk.error is not None:
+        return "tts.chunk_failed", {"seq": chunk.seq, "text": chunk.text, **chunk.error.wire()}
+    return "tts.chunk", {"seq": chunk.seq, "url": url(job_id, chunk.seq), "duration_s": chunk.duration_s,
+                         "sample_rate": chunk.sample_rate, "text": chunk.text}
 
 
-def commit(conn: redis.Redis, settings: TtsSettings, job: dict[str, Any], chunk: dict[str, Any]
-           ) -> dict[str, Any] | None:
+def commit(conn: redis.Redis, settings: TtsSettings, job: Job, chunk: Chunk) -> Chunk | None:
     """Store `chunk` unless the sentence is already stored (or the job is gone); announce what is now due.
 
     WATCH makes the check and the writes one step: a second copy of a sentence is refused, and the
     events leave in seq order (a sentence finished before its predecessors is announced with the last
     of them).
     """
-    job_id, seq = str(job["id"]), int(chunk["seq"])
-    key, field = jobs.key(job_id), f"chunk:{seq}"
-    with conn.pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(key)
-                existing, status, announced, ttfa = pipe.hmget(key, [field, "status", ANNOUNCED, "ttfa_s"])
-                if existing is not None or status is None or status in (b"cancelled", "cancelled"):
-                    pipe.unwatch()
-                    _discard(conn, chunk)
-                    return json.loads(existing) if existing is not None else None
-                due = _due(pipe, key, chunk, int(announced or 0))
-                first_audio = next((c for c in due if not c.get("error")), None) if ttfa is None else None
-                ttfa_s = time.time() - float(job["created_at"])
-                pipe.multi()
-                jobs.put_chunk(pipe, job_id, seq, chunk)
-                for c in due:
-                    events.append(pipe, job_id, *event(job_id, c), settings.job_ttl_s)
-                if due:
-                    pipe.hset(key, ANNOUNCED, int(due[-1]["seq"]) + 1)
-                if first_audio is not None:
-                    pipe.hsetnx(key, "ttfa_s", ttfa_s)
-                if not chunk.get("error"):
-                    jobs.add_cost(pipe, job_id, tts_characters=len(chunk["text"]))
-                    if chunk.get("cached"):
-                        jobs.add_cost(pipe, job_id, speech_cache_hits=1)
-                pipe.execute()
-                break
-            except redis.WatchError:
-                continue
-    if first_audio is not None:
-        metrics.observe(metrics.TTFA, ttfa_s, kind=str(job["kind"]), priority=str(job["priority"]))
+    job_id, seq = job.id, chunk.seq
+    key = jobs.key(job_id)
+
+    def store(pipe: redis.client.Pipeline) -> tuple[Chunk | None, float | None]:
+        existing, status, announced, ttfa = pipe.hmget(
+            key, [keys.chunk_field(seq), keys.JOB_STATUS, keys.JOB_ANNOUNCED, keys.JOB_TTFA])
+        if existing is not None or status is None or as_text(status) == JobStatus.CANCELLED:
+            return (Chunk.model_validate_json(existing) if existing is not None else None), None
+        due = _due(pipe, key, chunk, int(announced or 0))
+        first_audio = ttfa is None and any(c.error is None for c in due)
+        ttfa_s = time.time() - job.created_at
+        pipe.multi()
+        jobs.put_chunk(pipe, job_id, seq, chunk)
+        for c in due:
+            events.append(pipe, job_id, *event(job_id, c), settings.job_ttl_s)
+        if due:
+            pipe.hset(key, keys.JOB_ANNOUNCED, due[-1].seq + 1)
+        if first_audio:
+            pipe.hsetnx(key, keys.JOB_TTFA, ttfa_s)
+        if chunk.error is None:
+            jobs.add_cost(pipe, job_id, tts_characters=len(chunk.text))
+            if chunk.cached:
+                jobs.add_cost(pipe, job_id, speech_cache_hits=1)
+        return chunk, (ttfa_s if first_audio else None)
+
+    stored, ttfa_s = transaction(conn, store, key)
+    if stored is not chunk:  # another process stored this sentence first, or the job is gone
+        _discard(conn, chunk)
+        return stored
+    if ttfa_s is not None:
+        metrics.observe(metrics.TTFA, ttfa_s, kind=job.kind, priority=job.priority)
     return chunk
 
 
-def _due(pipe: redis.client.Pipeline, key: str, chunk: dict[str, Any], announced: int) -> list[dict[str, Any]]:
+def _due(pipe: redis.client.Pipeline, key: str, chunk: Chunk, announced: int) -> list[Chunk]:
     """The chunks to announce once `chunk` is stored: none while an earlier one is missing, else `chunk` and
     the run of later ones that were waiting for it."""
-    seq = int(chunk["seq"])
-    if seq != announced:
+    if chunk.seq != announced:
         return []
     due = [chunk]
-    while (raw := pipe.hget(key, f"chunk:{seq + len(due)}")) is not None:
-        due.append(json.loads(raw))
+    while (raw := pipe.hget(key, keys.chunk_field(chunk.seq + len(due)))) is not None:
+        due.append(Chunk.model_validate_json(raw))
     return due
 
 
-def _discard(conn: redis.Redis, chunk: dict[str, Any]) -> None:
-    if chunk.get("blob_id"):
-        RedisBlobStore(conn).delete(chunk["blob_id"])
+def _discard(conn: redis.Redis, chunk: Chunk) -> None:
+    if chunk.blob_id:
+        RedisBlobStore(conn).delete(chunk.blob_id)
 
 
 def produce(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines, job_id: str, seq: int,
-            text: str) -> dict[str, Any] | None:
-    """One sentence from the queue (`run_chunk`): nothing for a finished, cancelled or deleted job, nothing if
-    another process has claimed it; else speak and store it."""
-    job = jobs.load(conn, job_id)
-    if job is None or job["status"] in jobs.TERMINAL_STATUSES:
+            text: str) -> Chunk | None:
+    """One sentence from the queue (`shared.queues.CHUNK_TASK`): nothing for a finished, cancelled or deleted
+    job, nothing if another process has claimed it; else speak and store it."""
+    job = jobs.fetch(conn, job_id)
+    if job is None or job.finished:
         log.info("skipping chunk of a finished job", extra={"job_id": job_id, "seq": seq})
         return None
     owner = queues.rq_job_id(job_id, f"tts{seq}")
     if not claim(conn, job_id, seq, owner):
-        if not _abandoned_by(conn, settings, job_id, seq, owner) or get(conn, job_id, seq) is not None:
+        if not _abandoned_by(conn, settings, job_id, seq, owner) or jobs.get_chunk(conn, job_id, seq) is not None:
             return None  # another process has it, or it is done
         log.warning("re-running a sentence whose worker died", extra={"job_id": job_id, "seq": seq})
-    attempts = conn.hincrby(jobs.key(job_id), f"attempts:tts:{seq}", 1)
+    attempts = conn.hincrby(jobs.key(job_id), keys.sentence_attempts_field(seq), 1)
     if attempts > settings.max_attempts("tts"):
         return commit(conn, settings, job, _failed(
             seq, text, "retry_budget_exhausted",
@@ -229,17 +216,17 @@ def produce(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines, jo
     return speak(conn, settings, engines, job, seq, text)
 
 
-def await_chunk(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines, job: dict[str, Any], seq: int,
-                text: str) -> dict[str, Any] | None:
+def await_chunk(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines, job: Job, seq: int,
+                text: str) -> Chunk | None:
     """The stage's view of one sentence: stored → it; unclaimed → speak it now; claimed elsewhere → wait, up to
     `tts_chunk_wait_s` from the claim, then speak it here. None when the job is cancelled meanwhile."""
-    job_id = str(job["id"])
+    job_id = job.id
     owner = queues.rq_job_id(job_id, "tts")
     while True:
-        chunk = get(conn, job_id, seq)
+        chunk = jobs.get_chunk(conn, job_id, seq)
         if chunk is not None:
             return chunk
-        if jobs.status(conn, job_id) in (None, "cancelled"):
+        if jobs.status(conn, job_id) in (None, JobStatus.CANCELLED):
             return None
         if claim(conn, job_id, seq, owner):
             return speak(conn, settings, engines, job, seq, text)

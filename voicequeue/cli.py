@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-REPO_PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
+
+REPO_PROCFILE = Path(__file__).resolve().parents[1] / "Procfile"
 
 
 def _up(args: argparse.Namespace) -> int:
-    """Thin wrapper over honcho: decide which processes run, make sure models exist, then hand over."""
+    """Decide which processes run, make sure models exist, then become their supervisor (voicequeue.supervisor)."""
     from services.gateway.config import GatewaySettings
     from shared import models
 
@@ -32,13 +35,14 @@ def _up(args: argparse.Namespace) -> int:
         procs.insert(0, "llm-server")
         models.qwen_gguf(settings.models_dir)
     models.whisper_base(settings.models_dir)
+    models.kokoro_onnx(settings.models_dir)  # assembled once here, not by each TTS worker at once
     env_bin = str(Path(sys.executable).parent)
     os.environ["PATH"] = env_bin + os.pathsep + os.environ.get("PATH", "")
     print(f"voicequeue: starting {', '.join(procs)}", flush=True)
     print(f"voicequeue: gateway at http://{settings.gateway_host}:{settings.gateway_port}", flush=True)
-    honcho = shutil.which("honcho", path=os.environ["PATH"]) or "honcho"
-    os.execvp(honcho, [honcho, "-f", str(args.procfile), "-d", os.getcwd(), "start", *procs])
-    return 0
+    from voicequeue import supervisor
+
+    return supervisor.run(args.procfile, procs)
 
 
 def _redis(args: argparse.Namespace) -> int:
@@ -60,8 +64,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from services.gateway import server
     from services.gateway.app import create_app
     from services.gateway.config import GatewaySettings
     from shared import logs
@@ -69,8 +72,7 @@ def _gateway(args: argparse.Namespace) -> int:
     settings = GatewaySettings()
     logs.setup("gateway", settings.log_level, settings.log_json,
                debug=settings.debug, redact_pii=settings.log_redact_pii)
-    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-                log_config=None, access_log=False)
+    server.run(create_app(settings), settings)
     return 0
 
 
@@ -90,6 +92,7 @@ def _models_fetch(args: argparse.Namespace) -> int:
     print(models.whisper_base(settings.models_dir))
     print(models.qwen_gguf(settings.models_dir))
     print(models.piper_voice()[0])
+    print(models.kokoro_onnx(settings.models_dir))
     return 0
 
 
@@ -102,11 +105,41 @@ def _convert_whisper(args: argparse.Namespace) -> int:
     return 0
 
 
+def settings_sections() -> list[tuple[str, type[BaseSettings]]]:
+    """Every settings class, titled, in the order `.env.example` documents them."""
+    from services.asr.config import AsrSettings
+    from services.gateway.config import GatewaySettings
+    from services.llm.config import LlmSettings
+    from services.tts.config import TtsSettings
+    from shared.config import CommonSettings
+    from voicequeue.supervisor import SupervisorSettings
+
+    return [
+        ("common", CommonSettings),
+        ("gateway", GatewaySettings),
+        ("asr worker", AsrSettings),
+        ("llm worker and llm-server", LlmSettings),
+        ("tts worker", TtsSettings),
+        ("voicequeue up (supervisor)", SupervisorSettings),
+    ]
+
+
 def _env_example(args: argparse.Namespace) -> int:
     from shared import envdoc
 
-    print(envdoc.render(), end="")
+    print(envdoc.render(settings_sections()), end="")
     return 0
+
+
+def _tenant_name(value: str) -> str:
+    from services.gateway import keystore
+    from shared import tenants
+
+    try:
+        # 'public' is the tenant of requests made while auth is off: a FAQ may be meant for them.
+        return value if value == tenants.OPEN_TENANT else keystore.check_tenant_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _faq_load(args: argparse.Namespace) -> int:
@@ -115,15 +148,16 @@ def _faq_load(args: argparse.Namespace) -> int:
 
     from services.llm import embeddings
     from services.llm.config import LlmSettings
-    from shared import answer_cache
+    from shared import answer_cache, connection
 
     settings = LlmSettings()
     embedder = embeddings.load(settings.llm_faq_paraphrase)
     languages = [None if lang.lower() in ("", "none", "any") else lang for lang in args.language or ["en", "none"]]
     try:
-        count = answer_cache.load_faq(redis.Redis.from_url(settings.redis_url), args.file,
+        count = answer_cache.load_faq(connection.client(settings), args.file,
                                       system_prompt=settings.llm_system_prompt, model=settings.llm_model,
                                       languages=languages, ttl_s=args.ttl or settings.llm_faq_ttl_s,
+                                      tenant=answer_cache.GLOBAL if args.global_set else args.tenant,
                                       embed=embedder.encode if embedder else None)
     except answer_cache.FaqError as exc:
         print(f"voicequeue faq load: {exc}", file=sys.stderr)
@@ -132,7 +166,8 @@ def _faq_load(args: argparse.Namespace) -> int:
         print(f"voicequeue faq load: cannot reach Redis at {settings.redis_url}: {exc}", file=sys.stderr)
         return 1
     shown = ", ".join(lang or "unspecified" for lang in languages)
-    print(f"loaded {count} FAQ answers for language(s) {shown}"
+    whose = "every tenant (global)" if args.global_set else f"tenant {args.tenant}"
+    print(f"loaded {count} FAQ answers for {whose}, language(s) {shown}"
           f"{', paraphrases indexed' if embedder else ''}")
     return 0
 
@@ -156,7 +191,7 @@ def _default_url() -> str:
 
 
 def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from shared.cli import batch
+    from voicequeue import batch
 
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--url", default=None, help="gateway base URL (default: from VQ_GATEWAY_HOST/PORT)")
@@ -187,10 +222,32 @@ def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     export.set_defaults(fn=_batch, batch_fn=batch.export)
 
 
-def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from shared.cli import keys
+def _kb(args: argparse.Namespace) -> int:
+    import httpx
 
-    keys.add_parser(sub)
+    try:
+        return int(args.kb_fn(args))
+    except httpx.HTTPError as exc:
+        print(f"voicequeue kb: gateway at {args.url}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _add_kb(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from voicequeue import kb
+
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--url", default=None, help="gateway base URL (default: from VQ_GATEWAY_HOST/PORT)")
+    parent.add_argument("--api-key", default=os.environ.get("VQ_API_KEY"),
+                        help="the tenant's API key when auth is on (default: $VQ_API_KEY)")
+    parent.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request")
+    parent.set_defaults(fn=_kb)
+    kb.add_parser(sub, parent)
+
+
+def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from voicequeue import apikeys
+
+    apikeys.add_parser(sub)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -225,15 +282,20 @@ def parser() -> argparse.ArgumentParser:
                       help="caller language the answers are for; repeat for several; 'none' = requests that "
                       "name no language (default: en and none)")
     load.add_argument("--ttl", type=int, default=None, help="seconds to keep them (default: VQ_LLM_FAQ_TTL_S)")
+    scope = load.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--tenant", type=_tenant_name, help="the tenant whose callers get these answers")
+    scope.add_argument("--global", dest="global_set", action="store_true",
+                       help="answers for every tenant (each tenant's own FAQ and cache still come first)")
     load.set_defaults(fn=_faq_load)
     _add_batch(sub)
+    _add_kb(sub)
     _add_keys(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    if getattr(args, "batch_command", None) and args.url is None:
+    if (getattr(args, "batch_command", None) or getattr(args, "kb_command", None)) and args.url is None:
         args.url = _default_url()
     sys.exit(args.fn(args))
 

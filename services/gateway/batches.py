@@ -1,9 +1,9 @@
 """A batch of recorded calls: one Redis hash naming its member jobs.
 
-Fields of `vq:batch:<id>`: `meta` (options, created_at, tenant), `n` (members so far),
-`member:<seq>` (file, hash, duration_s, job_id — or the reason the file was
-refused) and `hash:<sha256>` → seq, so the same recording sent twice (a
-resumed upload) is one call. Counts, audio seconds and the ETA are derived
+Fields of the batch hash (`shared.keys`): meta (options, created_at, tenant), the
+count of members so far, per member its record (file, hash, duration_s, job_id — or
+the reason the file was refused) and per content hash its member's seq, so the same
+recording sent twice (a resumed upload) is one call. Counts, audio seconds and the ETA are derived
 from the member jobs' records on every read, never stored twice.
 """
 
@@ -20,21 +20,19 @@ import redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RqJob
 
-from shared import events, jobs, queues, retention
+from shared import events, jobs, keys, queues, retention
 from shared.blobs import RedisBlobStore
 from shared.config import CommonSettings
+from shared.jobs import Job, JobError, JobStatus
+from shared.redisio import text
 from shared.tenants import OPEN_TENANT
 
 KIND = "call"
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def key(batch_id: str) -> str:
-    return f"vq:batch:{batch_id}"
+    return keys.batch(batch_id)
 
 
 def content_hash(data: bytes) -> str:
@@ -49,17 +47,17 @@ def create(conn: redis.Redis, options: dict[str, Any], ttl_s: int, tenant: str =
     batch_id = secrets.token_urlsafe(12)
     meta = {"options": options, "created_at": time.time(), "tenant": tenant}
     pipe = conn.pipeline()
-    pipe.hset(key(batch_id), mapping={"meta": json.dumps(meta, ensure_ascii=False), "n": 0})
+    pipe.hset(key(batch_id), mapping={keys.BATCH_META: json.dumps(meta, ensure_ascii=False), keys.BATCH_COUNT: 0})
     pipe.expire(key(batch_id), ttl_s)
     pipe.execute()
     return batch_id
 
 
 def meta(conn: redis.Redis, batch_id: str) -> dict[str, Any] | None:
-    raw = conn.hget(key(batch_id), "meta")
+    raw = conn.hget(key(batch_id), keys.BATCH_META)
     if not raw:
         return None
-    info: dict[str, Any] = json.loads(_text(raw))
+    info: dict[str, Any] = json.loads(text(raw))
     info.setdefault("tenant", OPEN_TENANT)  # batches made before tenants existed
     return info
 
@@ -72,21 +70,21 @@ def owned_meta(conn: redis.Redis, batch_id: str, tenant: str) -> dict[str, Any] 
 
 def claim(conn: redis.Redis, batch_id: str, sha: str) -> tuple[int, dict[str, Any] | None]:
     """A seq for new content, or the member already holding it (None while its job is being created)."""
-    held = conn.hget(key(batch_id), f"hash:{sha}")
+    held = conn.hget(key(batch_id), keys.batch_hash_field(sha))
     if held is None:
-        seq = int(conn.hincrby(key(batch_id), "n", 1))
-        if conn.hsetnx(key(batch_id), f"hash:{sha}", seq):
+        seq = int(conn.hincrby(key(batch_id), keys.BATCH_COUNT, 1))
+        if conn.hsetnx(key(batch_id), keys.batch_hash_field(sha), seq):
             return seq, None
-        held = conn.hget(key(batch_id), f"hash:{sha}")
-    seq = int(_text(held or b"0"))
-    raw = conn.hget(key(batch_id), f"member:{seq}")
-    return seq, json.loads(_text(raw)) if raw else {"seq": seq, "hash": sha, "pending": True}
+        held = conn.hget(key(batch_id), keys.batch_hash_field(sha))
+    seq = int(text(held or b"0"))
+    raw = conn.hget(key(batch_id), keys.batch_member_field(seq))
+    return seq, json.loads(text(raw)) if raw else {"seq": seq, "hash": sha, "pending": True}
 
 
 def put_member(conn: redis.Redis, batch_id: str, seq: int, member: dict[str, Any], ttl_s: int) -> dict[str, Any]:
     member = {**member, "seq": seq}
     pipe = conn.pipeline()
-    pipe.hset(key(batch_id), f"member:{seq}", json.dumps(member, ensure_ascii=False))
+    pipe.hset(key(batch_id), keys.batch_member_field(seq), json.dumps(member, ensure_ascii=False))
     pipe.expire(key(batch_id), ttl_s)
     pipe.execute()
     return member
@@ -124,29 +122,33 @@ def add_call(
 
 def members(conn: redis.Redis, batch_id: str) -> list[dict[str, Any]]:
     raw = conn.hgetall(key(batch_id))
-    found = [json.loads(_text(v)) for k, v in raw.items() if _text(k).startswith("member:")]
+    found = [json.loads(text(v)) for k, v in raw.items() if text(k).startswith(keys.BATCH_MEMBER_PREFIX)]
     return sorted(found, key=lambda m: int(m["seq"]))
 
 
-def _state(member: dict[str, Any], record: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+def _state(member: dict[str, Any], record: Job | None) -> tuple[str, dict[str, Any] | None]:
     """A member's status and error. A finished call with no words is failed: the recording was silent."""
     if "job_id" not in member:
-        return "failed", member.get("error")
+        return JobStatus.FAILED, member.get("error")
     if record is None:
-        return "failed", {"reason": "expired", "message": "the call's job record has expired"}
-    if record["status"] == "done" and not (record["results"].get("asr") or {}).get("text", "").strip():
-        return "failed", {"reason": "no_speech", "message": "no speech was found in the recording"}
-    return record["status"], record["error"]
+        return JobStatus.FAILED, {"reason": "expired", "message": "the call's job record has expired"}
+    if record.status == JobStatus.DONE and not (record.results.asr.text if record.results.asr else "").strip():
+        return JobStatus.FAILED, {"reason": "no_speech", "message": "no speech was found in the recording"}
+    return record.status, _error(record.error)
 
 
-def records(conn: redis.Redis, found: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-    return [jobs.load(conn, m["job_id"]) if "job_id" in m else None for m in found]
+def _error(error: JobError | None) -> dict[str, Any] | None:
+    return error.wire() if error is not None else None
 
 
-def _finished_at(record: dict[str, Any] | None) -> float:
+def records(conn: redis.Redis, found: list[dict[str, Any]]) -> list[Job | None]:
+    return [jobs.fetch(conn, m["job_id"]) if "job_id" in m else None for m in found]
+
+
+def _finished_at(record: Job | None) -> float:
     if record is None:
         return 0.0
-    return max((float(s.get("finished_at") or 0.0) for s in record["stages"].values()), default=0.0)
+    return max((s.finished_at or 0.0 for s in record.stages.values()), default=0.0)
 
 
 def summary(conn: redis.Redis, batch_id: str) -> dict[str, Any] | None:
@@ -184,26 +186,27 @@ def summary(conn: redis.Redis, batch_id: str) -> dict[str, Any] | None:
     }
 
 
-def _timings(record: dict[str, Any]) -> dict[str, Any]:
-    stages = record["stages"]
-    out: dict[str, Any] = {f"{name}_s": stages[name].get("run_s") for name in stages}
-    out["queue_wait_s"] = (stages.get("asr") or {}).get("queue_wait_s")
-    if (end := _finished_at(record)) and record.get("created_at"):
-        out["total_s"] = round(end - record["created_at"], 3)
+def _timings(record: Job) -> dict[str, Any]:
+    out: dict[str, Any] = {f"{name}_s": state.run_s for name, state in record.stages.items()}
+    asr = record.stage("asr")
+    out["queue_wait_s"] = asr.queue_wait_s if asr is not None else None
+    if (end := _finished_at(record)) and record.created_at:
+        out["total_s"] = round(end - record.created_at, 3)
     return out
 
 
-def result(member: dict[str, Any], record: dict[str, Any] | None) -> dict[str, Any]:
+def result(member: dict[str, Any], record: Job | None) -> dict[str, Any]:
     """One call's row: what JSONL holds and CSV, SRT and VTT are made from."""
     status, error = _state(member, record)
-    asr = (record or {}).get("results", {}).get("asr") or {}
-    llm = (record or {}).get("results", {}).get("llm") or {}
+    asr = record.results.asr if record is not None else None
+    analysis = record.analysis if record is not None else None
     return {
         "file": member.get("file"), "hash": member.get("hash"), "job_id": member.get("job_id"), "status": status,
-        "duration_s": member.get("duration_s"), "language": asr.get("language"), "channels": asr.get("channels"),
-        "segments": [{"start": s["start"], "end": s["end"], "speaker": s.get("speaker"), "text": s["text"],
-                      "low_confidence": s.get("low_confidence", False)} for s in asr.get("segments", [])],
-        "text": asr.get("text"), "analysis": llm.get("analysis"),
+        "duration_s": member.get("duration_s"), "language": asr.language if asr else None,
+        "channels": asr.channels if asr else None,
+        "segments": [{"start": s.start, "end": s.end, "speaker": s.speaker, "text": s.text,
+                      "low_confidence": s.low_confidence} for s in (asr.segments if asr else [])],
+        "text": asr.text if asr else None, "analysis": analysis.analysis if analysis else None,
         "timings": _timings(record) if record else {}, "error": error,
     }
 
@@ -218,10 +221,10 @@ def cancel(conn: redis.Redis, settings: CommonSettings, batch_id: str) -> int:
     cancelled = 0
     for member in members(conn, batch_id):
         job_id = member.get("job_id")
-        if not job_id or jobs.status(conn, job_id) != "queued":
+        if not job_id or jobs.status(conn, job_id) != JobStatus.QUEUED:
             continue
         pipe = conn.pipeline()
-        jobs.put_status(pipe, job_id, "cancelled")
+        jobs.put_status(pipe, job_id, JobStatus.CANCELLED)
         events.append(pipe, job_id, "job.cancelled", {"id": job_id}, settings.job_ttl_s)
         pipe.execute()
         # The worker skips a cancelled job anyway; deleting its rq job just frees the queue.

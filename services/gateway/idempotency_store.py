@@ -1,4 +1,5 @@
-"""Idempotency keys: the first request with a key claims it, later ones get its stored response.
+"""The idempotency-key store behind the middleware in `idempotency.py`: the first request with a key claims it,
+later ones get its stored response.
 
 One Redis string per (tenant, route, key). While the first request runs it holds
 a short lock (`pending`, refreshed by its owner, so a crashed gateway frees the
@@ -14,7 +15,9 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-PREFIX = "vq:idem:"
+from shared import keys
+
+PREFIX = keys.IDEMPOTENCY_PREFIX
 LOCK_S = 30  # the owner refreshes the lock every LOCK_S / 3
 
 # Replace KEYS[1] with ARGV[2] (px ARGV[3]) only if it still holds the owner's lock ARGV[1].

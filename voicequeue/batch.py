@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
-from shared import exports
-from shared.cli import http
+from services.gateway import exports
+from voicequeue import http
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".wma",
                             ".amr", ".aif", ".aiff", ".au", ".caf", ".mka"})
