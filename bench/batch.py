@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import os
 import statistics
 import subprocess
@@ -38,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from services.asr import channels, tasks  # noqa: E402
 from services.asr.config import AsrSettings  # noqa: E402
 from shared import events  # noqa: E402
+from shared.jobs import Options  # noqa: E402
 from tests.asr.test_live_priority import LIVE_CLIP, LONG_CLIP, asr_worker, enqueue, live_turn  # noqa: E402
 from tests.conftest import running_redis  # noqa: E402
 from tests.stack import VENV_BIN, free_port, wait_http  # noqa: E402
@@ -54,6 +56,12 @@ def language(row: dict[str, str]) -> str:
     return "zh" if row["language"] == "zh" else "en"
 
 
+@functools.cache
+def asr() -> tasks.Resources:
+    """The ASR worker's engines, loaded once for the raw runs."""
+    return tasks.load(AsrSettings())
+
+
 def raw(rows: list[dict[str, str]], batch_size: int) -> float:
     """Audio seconds per wall second for faster-whisper called as a script would (decode included)."""
     from faster_whisper import BatchedInferencePipeline
@@ -63,10 +71,10 @@ def raw(rows: list[dict[str, str]], batch_size: int) -> float:
     start = time.perf_counter()
     for row in rows:
         data = (SPEECH / row["file"]).read_bytes()
-        engine, lang = tasks.choose(settings, language(row))
+        engine, lang = tasks.choose(asr(), language(row))
         whisper = engine._ready()  # type: ignore[attr-defined]
         prompt = settings.asr_language_prompts.get(lang or "")
-        for track in channels.tracks(data, int(row["channels"]), settings, {}):
+        for track in channels.tracks(data, int(row["channels"]), settings, Options()):
             if batch_size:
                 pieces, _ = BatchedInferencePipeline(whisper).transcribe(
                     track.samples, language=lang, beam_size=5, batch_size=batch_size, initial_prompt=prompt)
@@ -238,7 +246,7 @@ def main() -> None:
         print(f"{name}: {len(subset)} files, {sum(float(r['duration_s']) for r in subset):.1f} s of audio")
     print(f"load average at start: {os.getloadavg()}")
     figures: dict[str, dict[str, float]] = {name: {} for name in sets}
-    tasks.preload(AsrSettings())
+    asr()  # load the models before timing
     raw(sets["long/"][:1], 0)  # warm-up
 
     def measure_raw() -> None:

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.pipeline import machine, pct  # noqa: E402
-from shared import tenants  # noqa: E402
+from services.gateway import keystore  # noqa: E402
 from tests.conftest import running_redis  # noqa: E402
 from tests.stack import Stack, free_port, wait_http  # noqa: E402
 
@@ -76,7 +76,7 @@ def bench_stack(tmp: Path, env: dict[str, str]) -> Iterator[tuple[Stack, redis.R
         try:
             faq = tmp / "faq.yaml"
             faq.write_text(json.dumps([{"question": QUESTION, "answer": ANSWER}]))
-            stack.spawn("faq", "faq", "load", str(faq), "--language", "en").wait(300)
+            stack.spawn("faq", "faq", "load", str(faq), "--global", "--language", "en").wait(300)
             stack.spawn("worker-llm", "worker", "llm")
             gateway = stack.spawn("gateway", "gateway")
             wait_http(f"{stack.base_url}/healthz", 60, gateway)
@@ -209,7 +209,7 @@ def main() -> None:
     print(f"voicequeue load test on {machine()}")
     with tempfile.TemporaryDirectory() as tmp, bench_stack(
             Path(tmp), {"VQ_MAX_QUEUE_DEPTH_LIVE": str(args.max_depth)}) as (stack, conn):
-        keys = [tenants.create(conn, f"load{i}")[0] for i in range(max(args.clients, args.overload_tenants))]
+        keys = [keystore.create(conn, f"load{i}")[0] for i in range(max(args.clients, args.overload_tenants))]
         warm = asyncio.run(asyncio.wait_for(run(stack.base_url, keys[:1], 3.0, args.poll, False, conn), 300))[0]
         if warm.latencies["chat"] == []:
             sys.exit(f"the warm-up chat did not complete: {dict(warm.errors)}; see {stack.log_dir}")

@@ -56,14 +56,12 @@ def raw_first_audio(raw: RawEngines, path: Path, llm: LlmSettings, language: str
     return asr_s + first_s + tts_first, asr_s + llm_total + raw.tts(reply)
 
 
-def follow_turn(client: httpx.Client, post: Any) -> dict[str, float]:
-    """Submit, then read the SSE stream: seconds to the first `tts.chunk` and to `job.done`."""
-    start = time.perf_counter()
-    r = post()
-    r.raise_for_status()
+
+def stream_timings(client: httpx.Client, events_url: str, start: float) -> dict[str, float]:
+    """Read a job's SSE stream: seconds from `start` to the first `tts.chunk` ("ttfa") and to `job.done` ("total")."""
     out: dict[str, float] = {}
     event = ""
-    with client.stream("GET", r.json()["events_url"], timeout=600) as stream:
+    with client.stream("GET", events_url, timeout=600) as stream:
         for line in stream.iter_lines():
             if line.startswith("event: "):
                 event = line[7:]
@@ -75,6 +73,13 @@ def follow_turn(client: httpx.Client, post: Any) -> dict[str, float]:
                     raise RuntimeError(json.loads(line[6:]))
                 break
     return out
+
+def follow_turn(client: httpx.Client, post: Any) -> dict[str, float]:
+    """Submit, then read the SSE stream: seconds to the first `tts.chunk` and to `job.done`."""
+    start = time.perf_counter()
+    r = post()
+    r.raise_for_status()
+    return stream_timings(client, r.json()["events_url"], start)
 
 
 def turn(client: httpx.Client, path: Path, stream: bool) -> dict[str, float]:

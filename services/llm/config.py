@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
+from shared import cpu
 from shared.config import CommonSettings
 
 SYSTEM_PROMPT = (
@@ -39,6 +40,11 @@ class LlmSettings(CommonSettings):
         "server queues requests, so this covers waiting for other replies to finish.",
     )
     llm_connect_timeout_s: float = Field(5.0, gt=0, description="Longest wait to open a connection.")
+    llm_restart_wait_s: float = Field(
+        60.0, ge=0, description="When a local LLM server (loopback or in-cluster) is down or still loading its "
+        "model once the retries are spent, wait this long for it to answer again and then try once more: a "
+        "supervised llama-server comes back in 10-30 s. 0 turns the wait off. A remote API is never waited for."
+    )
     llm_system_prompt: str = Field(SYSTEM_PROMPT, description="System prompt: speech-friendly replies.")
     llm_metrics_port: int = Field(9102, description="Port of the worker's Prometheus /metrics.")
 
@@ -63,6 +69,10 @@ class LlmSettings(CommonSettings):
         0.65, ge=0.0, le=1.0, description="Least cosine similarity for a paraphrase to take a FAQ answer "
         "(0.65: 19 of 30 paraphrases hit, 0 of 18 other questions; see docs/benchmarks.md)."
     )
+    llm_embed_threads: int = Field(
+        default_factory=lambda: cpu.budget().embeddings, ge=1, description="BLAS threads of the FAQ "
+        "sentence embeddings (a few small matrix products per question; default from shared/cpu.py)."
+    )
     llm_stream_first_comma_chars: int = Field(
         24, ge=1, description="The first spoken chunk may end at a comma once it is this long, so speech starts "
         "early (a CJK character counts as three)."
@@ -71,10 +81,55 @@ class LlmSettings(CommonSettings):
         60, ge=1, description="Later spoken chunks gather whole sentences up to at least this length."
     )
 
+    knowledge_enabled: bool = Field(
+        True, description="Ground replies on the tenant's knowledge base (POST /v1/knowledge/documents) when it "
+        "has documents, and run the knowledge indexing jobs on llm:batch."
+    )
+    knowledge_top_k: int = Field(3, ge=1, description="Most passages put in a reply's prompt.")
+    knowledge_relevance_min: float = Field(
+        0.55, ge=0.0, le=2.0, description="Least relevance of a passage to an English question to go into the "
+        "prompt: cosine similarity (all-MiniLM-L6-v2) + 0.3 x the share of the question's words it holds. Below "
+        "it for every passage, the caller hears that the bot does not know. See docs/knowledge.md."
+    )
+    knowledge_coverage_min: float = Field(
+        0.3, ge=0.0, le=1.0, description="Least share of a Chinese question's words (idf-weighted, jieba) a passage "
+        "must hold to go into the prompt (the embedding model reads English only)."
+    )
+    knowledge_passage_size: int = Field(
+        360, ge=80, description="Largest passage when documents are split (characters, a CJK character counts "
+        "as three); whole sentences, never across a heading."
+    )
+    knowledge_cached_tenants: int = Field(
+        32, ge=1, description="Tenants' indexes an llm worker keeps in memory (least recently used dropped)."
+    )
+
     llm_server_host: str = Field("127.0.0.1", description="Listen address of the local llama.cpp server.")
     llm_server_port: int = Field(8080, description="Listen port of the local llama.cpp server.")
-    llm_server_threads: int = Field(2, ge=1, description="CPU threads the local server generates with.")
-    llm_server_ctx: int = Field(4096, ge=256, description="Context window of the local server, in tokens.")
+    llm_server_engine: Literal["llama-server", "llama-cpp-python"] = Field(
+        "llama-server", description="Which local server `voicequeue llm-server` runs: llama.cpp's own "
+        "llama-server (parallel slots, continuous batching; built by `make llama-server`) or "
+        "llama-cpp-python's (one completion at a time)."
+    )
+    llm_server_binary: Path | None = Field(
+        None, description="The llama-server executable; default: <cache_dir>/bin/llama-server, as "
+        "`make llama-server` builds it."
+    )
+    llm_server_threads: int = Field(
+        default_factory=lambda: cpu.budget().llm_server, ge=1, description="CPU threads the local server "
+        "computes with; default: the CPU budget's share, every core this process may use (shared/cpu.py)."
+    )
+    llm_server_slots: int = Field(
+        default_factory=lambda: cpu.budget().llm_slots, ge=1, description="Replies llama-server generates at "
+        "once (parallel slots, continuously batched); default from the core count (shared/cpu.py: 4 on 2 "
+        "cores). llama-cpp-python's server always has one."
+    )
+    llm_server_ctx: int = Field(
+        4096, ge=256, description="Context window of one reply, in tokens (llama-server: of each slot)."
+    )
+    llm_server_warm: bool = Field(
+        True, description="At start, run the call-analysis JSON-schema path once and put the system prompt "
+        "into every slot's cache, so the first callers and the first analysis do not pay for it."
+    )
     llm_server_model_path: Path | None = Field(
         None, description="GGUF model for the local server; default: the bundled Qwen2.5-Coder-1.5B-Instruct Q4."
     )

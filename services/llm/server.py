@@ -1,25 +1,84 @@
-"""The local OpenAI-compatible LLM server: llama-cpp-python's, serving the bundled Qwen GGUF.
+"""The local OpenAI-compatible LLM server, serving the bundled Qwen GGUF.
 
-`--interrupt_requests false`: by default a new request aborts the reply in
-progress, which would cut one worker's stream whenever another asks. With it
-off, requests queue on the server's single model instead.
+By default llama.cpp's own `llama-server` (built from the llama.cpp source the
+llama-cpp-python sdist vendors, `make llama-server`): N parallel slots with
+continuous batching, so several replies decode at once, each slot keeping its
+prompt cache. `VQ_LLM_SERVER_ENGINE=llama-cpp-python` runs llama-cpp-python's
+server instead, which generates one completion at a time.
+
+The server runs as our child, not through `execve`: its log lines go through
+the privacy filter (`shared.child`), and once it has loaded, `warmup` puts the
+system prompt into every slot and runs the JSON-schema path once.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 
+from services.llm import warmup
 from services.llm.config import LlmSettings
-from shared import logs, models
+from shared import child, logs, models
 
 
 def model_path(settings: LlmSettings) -> Path:
     return settings.llm_server_model_path or models.qwen_gguf(settings.models_dir)
 
 
+def binary(settings: LlmSettings) -> Path:
+    return settings.llm_server_binary or settings.cache_dir / "bin" / "llama-server"
+
+
+def threads(settings: LlmSettings) -> int:
+    return settings.llm_server_threads
+
+
+def slots(settings: LlmSettings) -> int:
+    return 1 if settings.llm_server_engine == "llama-cpp-python" else settings.llm_server_slots
+
+
 def command(settings: LlmSettings) -> list[str]:
+    """The server's argv for the configured engine."""
+    if settings.llm_server_engine == "llama-cpp-python":
+        return python_command(settings)
+    return llama_server_command(settings)
+
+
+def llama_server_command(settings: LlmSettings) -> list[str]:
+    s, n = settings, slots(settings)
+    path = binary(s)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: build it with `make llama-server` (or set "
+                                "VQ_LLM_SERVER_BINARY, or VQ_LLM_SERVER_ENGINE=llama-cpp-python)")
+    return [
+        str(path),
+        "--model", str(model_path(s)),
+        "--alias", s.llm_model,
+        "--host", s.llm_server_host,
+        "--port", str(s.llm_server_port),
+        "--threads", str(threads(s)),
+        "--threads-batch", str(threads(s)),
+        "--parallel", str(n),
+        # Each slot its own window of llm_server_ctx. Not --kv-unified: with one shared pool the server
+        # moves idle slots' prompts out to its RAM cache at every new task, and measured here two of four
+        # concurrent callers then found their slot cold. Separate windows keep every slot's prefix in place
+        # (and the RAM cache still gets a copy, for when an analysis takes a slot).
+        "--ctx-size", str(s.llm_server_ctx * n),
+        "--cont-batching",
+        "--cache-prompt",
+        "--no-webui",
+        # /slots would show the prompts each slot holds; nothing of ours reads it.
+        "--no-slots",
+        # Request counts only (behind the API key): the warm-up waits for an idle server (services.llm.warmup).
+        "--metrics",
+    ]
+
+
+def python_command(settings: LlmSettings) -> list[str]:
+    """llama-cpp-python's server. `--interrupt_requests false`: by default a new request aborts the reply in
+    progress, which would cut one worker's stream whenever another asks; with it off, requests queue."""
     s = settings
     return [
         sys.executable, "-m", "llama_cpp.server",
@@ -27,8 +86,8 @@ def command(settings: LlmSettings) -> list[str]:
         "--model_alias", s.llm_model,
         "--host", s.llm_server_host,
         "--port", str(s.llm_server_port),
-        "--n_threads", str(s.llm_server_threads),
-        "--n_threads_batch", str(s.llm_server_threads),
+        "--n_threads", str(threads(s)),
+        "--n_threads_batch", str(threads(s)),
         "--n_ctx", str(s.llm_server_ctx),
         "--interrupt_requests", "false",
         # Logits for every prompt token are only needed for logprobs; skipping them speeds up prompts.
@@ -38,10 +97,12 @@ def command(settings: LlmSettings) -> list[str]:
 
 
 def environment(settings: LlmSettings) -> dict[str, str]:
-    """The server reads its settings from the environment too: drop names that would override our flags."""
-    env = {k: v for k, v in os.environ.items() if k.upper() not in {"HOST", "PORT", "MODEL", "API_KEY"}}
-    # Passed through the environment, not argv, so the key does not show in `ps`.
-    env["API_KEY"] = settings.llm_api_key.get_secret_value()
+    """The servers read settings from the environment too: drop names that would override our flags. The key
+    goes through the environment, not argv, so it does not show in `ps`."""
+    key = settings.llm_api_key.get_secret_value()
+    env = {k: v for k, v in os.environ.items()
+           if k.upper() not in {"HOST", "PORT", "MODEL", "API_KEY", "LLAMA_API_KEY"}}
+    env["LLAMA_API_KEY" if settings.llm_server_engine == "llama-server" else "API_KEY"] = key
     return env
 
 
@@ -49,8 +110,16 @@ def main() -> None:
     settings = LlmSettings()
     logs.setup("llm-server", settings.log_level, settings.log_json,
                debug=settings.debug, redact_pii=settings.log_redact_pii)
+    log = logging.getLogger("voicequeue.llm_server")
     argv = command(settings)
-    os.execve(argv[0], argv, environment(settings))
+    log.info("starting %s", settings.llm_server_engine,
+             extra={"slots": slots(settings), "threads": threads(settings), "port": settings.llm_server_port})
+    proc = child.start(argv, environment(settings), logging.getLogger(settings.llm_server_engine))
+    after = None
+    if settings.llm_server_warm and settings.llm_server_engine == "llama-server":
+        def after() -> None:
+            warmup.run(settings, slots(settings), proc)
+    sys.exit(child.supervise(proc, after))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from prometheus_client import REGISTRY
 
 from services.llm import tasks
 from services.llm.config import LlmSettings
+from services.llm.embeddings import MiniLM
+from services.llm.engines.openai_compat import OpenAICompatEngine
 from shared import events, jobs, stage
 
 API_KEY = "sk-test-local"
@@ -42,9 +44,13 @@ def all_events(conn: redis.Redis, job_id: str) -> list[events.Event]:
     return out
 
 
+def resources(settings: LlmSettings, embedder: MiniLM | None = None) -> tasks.Resources:
+    """What the llm worker loads, made here without asking the server (it may be a fake that counts requests)."""
+    return tasks.Resources(settings, OpenAICompatEngine(settings), embedder, {})
+
+
 def run_llm(conn: redis.Redis, settings: LlmSettings, job_id: str) -> dict[str, Any]:
-    tasks.setup(settings)
-    stage.run("llm", job_id, conn, settings, tasks.work)
+    stage.run("llm", job_id, conn, settings, tasks.work, resources(settings))
     record = jobs.load(conn, job_id)
     assert record is not None
     return record

@@ -10,15 +10,14 @@ import redis
 
 from services.llm import tasks
 from shared import events, jobs, sessions, stage
-from tests.llm.helpers import settings_for
+from tests.llm.helpers import resources, settings_for
 
 
 def ask(conn: redis.Redis, base_url: str, redis_url: str, text: str, **options: Any) -> dict[str, Any]:
     settings = settings_for(base_url, redis_url, llm_temperature=0.0, llm_timeout_s=60)
-    tasks.setup(settings)
     job_id = jobs.create(conn, kind="chat_text", priority="live", inputs={"text": text},
                          options={"language": None, **options}, ttl_s=3600)
-    stage.run("llm", job_id, conn, settings, tasks.work)
+    stage.run("llm", job_id, conn, settings, tasks.work, resources(settings))
     record = jobs.load(conn, job_id)
     assert record is not None and record["status"] == "done", record and record["error"]
     result: dict[str, Any] = record["results"]["llm"]

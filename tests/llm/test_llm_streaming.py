@@ -131,7 +131,7 @@ def test_faq_answer_hits_a_differently_written_question(conn: redis.Redis, redis
     with FakeOpenAI() as fake:
         settings = settings_for(fake.base_url, redis_url)
         answer_cache.load_faq(conn, faq, system_prompt=settings.llm_system_prompt, model=settings.llm_model,
-                              languages=["en"], ttl_s=60)
+                              languages=["en"], ttl_s=60, tenant=answer_cache.GLOBAL)
         record = run_llm(conn, settings, chat_job(conn, "what are your opening hours"))
         other = run_llm(conn, settings, chat_job(conn, "what are your opening hours", language="fr"))
         assert len(fake.chat_requests) == 1  # the French caller's question was not in the FAQ

@@ -23,7 +23,7 @@ import pytest
 import redis
 from rq import Queue
 
-from shared import tenants
+from services.gateway import keystore
 from tests.conftest import running_redis
 from tests.stack import VENV_BIN, free_port, wait_http
 
@@ -65,7 +65,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, sub
 def keys(gw: tuple[str, int, subprocess.Popen[bytes]]) -> dict[str, str]:
     """Auth on (keys exist) with tenants of their own, so no bucket is shared between tests."""
     conn = redis.Redis.from_url(gw[0])
-    made = {t: tenants.create(conn, t)[0] for t in ("main", "slow1", "slow2", "streams", "other")}
+    made = {t: keystore.create(conn, t)[0] for t in ("main", "slow1", "slow2", "streams", "other")}
     conn.close()
     return made
 

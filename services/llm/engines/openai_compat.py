@@ -18,8 +18,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar, cast
 
 import openai
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
@@ -32,6 +32,7 @@ from shared.retry import Retryable, UpstreamError
 log = logging.getLogger(__name__)
 
 SERVICE = "llm"
+T = TypeVar("T")
 PLACEHOLDER_NOTE = ("Personal details in this conversation were replaced by placeholders such as [PHONE], [EMAIL], "
                     "[CARD] and [ID] before they reached you. Treat each as the detail it stands for, and never "
                     "write a placeholder in your answer: say \"the number you gave\" or \"your email\" instead.")
@@ -47,11 +48,21 @@ def classify(exc: BaseException) -> Retryable | UpstreamError | None:
         verdict = retry.classify_http_status(exc.status_code, exc.response.headers)
         if isinstance(verdict, UpstreamError):
             return UpstreamError(verdict.reason, f"{verdict.message}: {exc.message[:200]}")
+        if isinstance(verdict, Retryable):
+            return Retryable(verdict.cause, f"{verdict.detail}: {exc.message[:200]}", verdict.retry_after)
         return verdict
     if isinstance(exc, openai.APIError):
         # An error event inside an SSE stream: the server failed while answering.
         return Retryable("5xx", f"error event in stream: {exc.message[:200]}")
     return None
+
+
+def restarting(exc: UpstreamError) -> bool:
+    """The retries ran out because the server is gone or loading its model (llama.cpp answers 503 "Loading
+    model" until it has), not because it refused or failed: what a crashed server being restarted looks like."""
+    cause = exc.__cause__
+    return isinstance(cause, Retryable) and (
+        cause.cause == "connection" or (cause.cause == "5xx" and "loading model" in cause.detail.lower()))
 
 
 def redacts(settings: LlmSettings) -> bool:
@@ -108,6 +119,31 @@ class OpenAICompatEngine:
         self.client.models.list()
         return time.perf_counter() - start
 
+    def _call(self, attempt: Callable[[], T]) -> T:
+        """`attempt` with retries; if they ran out while a local server restarts, once more when it is back."""
+        try:
+            return retry.call(attempt, service=SERVICE, settings=self.settings, classify=classify)
+        except UpstreamError as exc:
+            if not (restarting(exc) and self.waits_for_restarts and self.wait_until_up()):
+                raise
+            log.warning("LLM server is back after a restart; trying again", extra={"error": exc.message})
+            return retry.call(attempt, service=SERVICE, settings=self.settings, classify=classify)
+
+    @property
+    def waits_for_restarts(self) -> bool:
+        return self.settings.llm_restart_wait_s > 0 and redact.is_local_url(self.settings.llm_base_url)
+
+    def wait_until_up(self) -> bool:
+        """Poll the model list until it answers, for up to `llm_restart_wait_s`."""
+        deadline = time.monotonic() + self.settings.llm_restart_wait_s
+        while time.monotonic() < deadline:
+            try:
+                self.check()
+                return True
+            except openai.OpenAIError:
+                time.sleep(0.5)
+        return False
+
     def stream(self, messages: Sequence[Message]) -> OpenAIChatStream:
         messages = self.outgoing(messages)
         start = time.monotonic()
@@ -135,7 +171,7 @@ class OpenAICompatEngine:
                 raise
             return raw, head
 
-        raw, head = retry.call(open_until_first_delta, service=SERVICE, settings=self.settings, classify=classify)
+        raw, head = self._call(open_until_first_delta)
         ttft = time.monotonic() - start if any(_delta(c) for c in head) else None
         prompt_estimate = sum(4 + estimate_tokens(m["content"]) for m in messages)
         return OpenAIChatStream(raw, head, self.model, ttft, attempts - 1, prompt_estimate)

@@ -1,0 +1,216 @@
+"""Warm a fresh llama-server: every slot's system-prompt prefix, and the JSON-schema path of call analysis.
+
+A slot prefills the ~170-token system prompt itself the first time it serves a
+caller: on 2 cores four cold slots made every first reply wait ~7 s, against
+~0.5 s warm (docs/benchmarks.md). So once the model has loaded, each slot gets
+one request with the system prompt (`id_slot` pins it), and the server's
+prompt cache keeps the prefix: every chat request starts with it, and
+`--cache-ram` saves a slot's prompt before another (an analysis) replaces it.
+The analysis path (schema turned into a grammar) runs last, once, so the
+first real analysis does not pay for its set-up either.
+
+Warming is for callers, so it gives way to them. A server restarted after a
+crash has callers waiting (the llm workers retry as soon as it answers), and a
+warm-up request batched beside theirs took 43 s on a loaded machine and pushed
+the cut-off reply out past a minute. So the prompts are prefilled in pieces of
+`CHUNK_TOKENS` tokens (each request extends the cached prefix of the last), a
+piece starts only when the server has nothing else to do (`/metrics`: no
+request processing or deferred), and one in progress is cancelled, by dropping
+its connection, as soon as another request arrives. A prefill batch cannot be
+interrupted: whole, a 118-token prompt held a caller back 5.9 s on a loaded
+machine; a piece holds one back a fraction of that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import httpx
+
+from services.llm import analysis
+from services.llm.config import LlmSettings
+
+log = logging.getLogger(__name__)
+
+SAMPLE_TRANSCRIPT = "agent: Hello, how can I help you?\ncustomer: My order has not arrived yet."
+POLL_S = 0.25
+# How long the server must stay idle before a piece (re)starts: callers waiting on a restarted server are
+# back within a second, and a busy server is seldom idle this long between requests.
+QUIET_S = 2.0
+# Tokens prefilled per warm-up request: a fifth of the 118-token prefix that, whole, held a caller back 5.9 s
+# on the loaded machine.
+CHUNK_TOKENS = 24
+MARK = "\u2063warm-up\u2063"  # where the user's words go; text no chat template contains
+
+Step = Callable[[httpx.AsyncClient], Coroutine[Any, Any, None]]
+
+
+def base_url(settings: LlmSettings) -> str:
+    host = settings.llm_server_host
+    if host in ("0.0.0.0", "::", ""):  # listening everywhere: reach it on loopback
+        host = "127.0.0.1"
+    return f"http://{host}:{settings.llm_server_port}"
+
+
+def run(settings: LlmSettings, slots: int, proc: subprocess.Popen[bytes] | None = None,
+        timeout_s: float = 600.0) -> dict[str, float]:
+    """Wait for the model to load, then warm; the seconds each part took (logged). Never raises: a server
+    that does not come up is the supervisor's business."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per /health poll
+    url = base_url(settings)
+    headers = {"Authorization": f"Bearer {settings.llm_api_key.get_secret_value()}"}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=timeout_s) as client:
+            if not wait_ready(client, proc, timeout_s):
+                return {}
+        took = asyncio.run(_warm(url, headers, settings, slots, timeout_s))
+    except (httpx.HTTPError, TimeoutError, KeyError, ValueError) as exc:  # a server build without an endpoint
+        log.warning("warm-up failed", extra={"error": repr(exc)})
+        return {}
+    log.info("llm server warm", extra={"slots": slots, **took})
+    return took
+
+
+async def _warm(url: str, headers: dict[str, str], settings: LlmSettings, slots: int,
+                timeout_s: float) -> dict[str, float]:
+    chat = chat_messages(settings)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout_s) as client:
+        warmer = Warmer(client, time.monotonic() + timeout_s)
+        for slot in range(slots):
+            await warmer.prefill(f"slot{slot}", chat, slot)
+        # The analysis prompt on the last slot, then its grammar once; that slot's chat prefix comes back
+        # from the server's RAM cache (--cache-ram) or is prefilled again.
+        start = time.monotonic()
+        await warmer.prefill("analysis_prefix", analysis_messages(settings), slots - 1)
+        await warmer.when_idle(grammar_step(settings, slots - 1))
+        warmer.took["grammar_s"] = round(time.monotonic() - start, 3)
+        await warmer.prefill(f"slot{slots - 1}_again", chat, slots - 1)
+    return warmer.took
+
+
+class Warmer:
+    """Runs warm-up requests only while the server has no one else to serve."""
+
+    def __init__(self, client: httpx.AsyncClient, deadline: float) -> None:
+        self.client, self.deadline = client, deadline
+        self.took: dict[str, float] = {"yields": 0}
+        # When a request not ours was last seen; callers of a restarted server come back within a second.
+        self.others_seen_at = time.monotonic()
+
+    async def prefill(self, name: str, messages: list[dict[str, str]], slot: int) -> None:
+        """The prefix every request starting with `messages` shares, into `slot`, a piece at a time."""
+        start = time.monotonic()
+        tokens = await prefix_tokens(self.client, messages)
+        for end in range(min(CHUNK_TOKENS, len(tokens)), len(tokens) + CHUNK_TOKENS, CHUNK_TOKENS):
+            await self.when_idle(completion_step(tokens[:end], slot))
+        self.took[f"{name}_s"] = round(time.monotonic() - start, 3)
+
+    async def when_idle(self, step: Step) -> None:
+        """Run `step` to its end, starting it again whenever a caller's request made it give way."""
+        while not await self.yielding(step):
+            self.took["yields"] += 1
+
+    async def yielding(self, step: Step) -> bool:
+        """Run `step` once the server is idle; False if it was cancelled because a request came in."""
+        await self.until_idle()
+        task = asyncio.create_task(step(self.client))
+        while not task.done():
+            await asyncio.wait({task}, timeout=POLL_S)
+            if not task.done() and await busy(self.client) > 1:  # ours, and someone else's
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                self.others_seen_at = time.monotonic()
+                return False
+        task.result()
+        return True
+
+    async def until_idle(self) -> None:
+        """Until nothing but the warm-up has run for `QUIET_S` (between its own pieces it need not wait)."""
+        while True:
+            if await busy(self.client):
+                self.others_seen_at = time.monotonic()
+            elif time.monotonic() - self.others_seen_at >= QUIET_S:
+                return
+            if time.monotonic() > self.deadline:
+                raise TimeoutError("the server was never idle long enough to warm up")
+            await asyncio.sleep(POLL_S)
+
+
+async def busy(client: httpx.AsyncClient) -> int:
+    """Requests the server is working on or holding back."""
+    r = await client.get("/metrics", timeout=30)
+    r.raise_for_status()
+    return in_flight(r.text)
+
+
+def in_flight(metrics: str) -> int:
+    """Requests processing plus deferred, from llama-server's /metrics text."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(("llamacpp:requests_processing", "llamacpp:requests_deferred")):
+            total += float(line.split()[-1])
+    return int(total)
+
+
+def wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes] | None, timeout_s: float) -> bool:
+    """True once /health answers 200 (model loaded); False if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            if client.get("/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def chat_messages(settings: LlmSettings) -> list[dict[str, str]]:
+    return [{"role": "system", "content": settings.llm_system_prompt}]
+
+
+def analysis_messages(settings: LlmSettings) -> list[dict[str, str]]:
+    speakers = settings.llm_analysis_mono_speakers
+    return [{"role": "system",
+             "content": analysis.SYSTEM_PROMPT.format(speakers=", ".join(json.dumps(s) for s in speakers))}]
+
+
+async def prefix_tokens(client: httpx.AsyncClient, messages: list[dict[str, str]]) -> list[int]:
+    """The tokens every request with these leading messages starts with: the chat template applied, cut where
+    the next user message's own words would begin (the model's template, as the server applies it)."""
+    r = await client.post("/apply-template", json={"messages": [*messages, {"role": "user", "content": MARK}]})
+    r.raise_for_status()
+    prompt = str(r.json()["prompt"])
+    r = await client.post("/tokenize", json={"content": prompt[:prompt.index(MARK)]})
+    r.raise_for_status()
+    return [int(t) for t in r.json()["tokens"]]
+
+
+def completion_step(tokens: list[int], slot: int) -> Step:
+    """Prefill `tokens` into `slot` (only what the slot does not hold yet is computed)."""
+    body = {"prompt": tokens, "n_predict": 1, "id_slot": slot, "cache_prompt": True, "temperature": 0.0}
+
+    async def step(client: httpx.AsyncClient) -> None:
+        (await client.post("/completion", json=body)).raise_for_status()
+    return step
+
+
+def grammar_step(settings: LlmSettings, slot: int) -> Step:
+    """One call analysis as `services.llm.analysis` asks it, schema and all, on a tiny transcript."""
+    speakers = settings.llm_analysis_mono_speakers
+    messages = [*analysis_messages(settings), {"role": "user", "content": f"Transcript:\n{SAMPLE_TRANSCRIPT}"}]
+    body = {"model": settings.llm_model, "messages": messages, "temperature": 0.0, "cache_prompt": True,
+            "max_tokens": 16, "id_slot": slot,
+            "response_format": {"type": "json_object", "schema": analysis.json_schema(speakers)}}
+
+    async def step(client: httpx.AsyncClient) -> None:
+        (await client.post("/v1/chat/completions", json=body)).raise_for_status()
+    return step
