@@ -26,6 +26,7 @@ from services.llm.config import LlmSettings
 from services.llm.engines.base import ChatEngine, Message
 from services.llm.engines.openai_compat import SERVICE, OpenAICompatEngine, classify
 from shared import jobs, metrics, retry
+from shared.jobs import AnalysisResult, AsrResult
 from shared.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,11 @@ class AnalysisInvalid(StageError):
         self.raw = raw
 
 
-def work(ctx: StageContext, settings: LlmSettings, engine: ChatEngine) -> dict[str, Any]:
+def work(ctx: StageContext[Any], settings: LlmSettings, engine: ChatEngine) -> AnalysisResult:
     """The llm stage in analysis mode: the call's transcript (the asr result) in, a `CallAnalysis` out."""
     if not isinstance(engine, OpenAICompatEngine):
         raise StageError("analysis_unsupported", "call analysis needs the OpenAI-compatible engine")
-    asr = ctx.job["results"].get("asr") or {}
-    lines, speakers = transcript_lines(asr, settings)
+    lines, speakers = transcript_lines(ctx.job.results.asr or AsrResult(), settings)
     if not lines:
         raise StageError("empty_transcript", "no speech was recognised in the audio, so there is nothing to analyse")
     start = time.monotonic()
@@ -101,24 +101,24 @@ def work(ctx: StageContext, settings: LlmSettings, engine: ChatEngine) -> dict[s
     metrics.inc(metrics.LLM_TOKENS, totals.prompt_tokens, kind="prompt")
     metrics.inc(metrics.LLM_TOKENS, totals.completion_tokens, kind="completion")
     jobs.add_cost(ctx.conn, ctx.job_id, prompt_tokens=totals.prompt_tokens, completion_tokens=totals.completion_tokens)
-    result = {
-        "analysis": analysis.model_dump() if analysis is not None else None,
-        "attempts": totals.attempts,
-        "chunks": len(chunks),
-        "model": totals.model,
-        "prompt_tokens": totals.prompt_tokens,
-        "completion_tokens": totals.completion_tokens,
-        "elapsed_s": round(time.monotonic() - start, 3),
-    }
+    result = AnalysisResult(
+        analysis=analysis.model_dump() if analysis is not None else None,
+        attempts=totals.attempts,
+        chunks=len(chunks),
+        model=totals.model,
+        prompt_tokens=totals.prompt_tokens,
+        completion_tokens=totals.completion_tokens,
+        elapsed_s=round(time.monotonic() - start, 3),
+    )
     if analysis is not None:
-        ctx.emit("llm.analysis", result)
+        ctx.emit("llm.analysis", result.wire())
         log.info("call analysed", extra={"job_id": ctx.job_id, "attempts": totals.attempts,
-                                         "chunks": len(chunks), "elapsed_s": result["elapsed_s"]})
+                                         "chunks": len(chunks), "elapsed_s": result.elapsed_s})
     return result
 
 
 def analyze(
-    ctx: StageContext,
+    ctx: StageContext[Any],
     settings: LlmSettings,
     engine: OpenAICompatEngine,
     chunks: list[str],
@@ -231,19 +231,19 @@ def json_schema(speakers: list[str]) -> dict[str, Any]:
     return schema
 
 
-def transcript_lines(asr: dict[str, Any], settings: LlmSettings) -> tuple[list[str], list[str]]:
+def transcript_lines(asr: AsrResult, settings: LlmSettings) -> tuple[list[str], list[str]]:
     """The transcript as "speaker: words" turns, and the speakers; plain text when no segment names one."""
-    segments = [s for s in asr.get("segments") or [] if str(s.get("text") or "").strip()]
-    if not any(s.get("speaker") for s in segments):
-        text = str(asr.get("text") or "").strip()
+    segments = [s for s in asr.segments if s.text.strip()]
+    if not any(s.speaker for s in segments):
+        text = asr.text.strip()
         return ([text] if text else []), list(settings.llm_analysis_mono_speakers)
     turns: list[list[str]] = []  # [speaker, words]
     for s in segments:
-        speaker = str(s.get("speaker") or "unknown")
+        speaker = s.speaker or "unknown"
         if turns and turns[-1][0] == speaker:
-            turns[-1][1] += " " + str(s["text"]).strip()
+            turns[-1][1] += " " + s.text.strip()
         else:
-            turns.append([speaker, str(s["text"]).strip()])
+            turns.append([speaker, s.text.strip()])
     speakers = list(dict.fromkeys(speaker for speaker, _ in turns))
     return [f"{speaker}: {words}" for speaker, words in turns], speakers
 

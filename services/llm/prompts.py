@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.llm.engines.base import Message
+from shared import languages
 
 LANGUAGES = {
     "ar": "Arabic", "de": "German", "en": "English", "es": "Spanish", "fr": "French", "hi": "Hindi",
@@ -15,10 +16,22 @@ LANGUAGES = {
 ROLES = frozenset({"user", "assistant"})
 
 
+TRADITIONAL_TAGS = frozenset({"tw", "hk", "mo", "hant"})
+
+
+def language_name(language: str) -> str:
+    """English name for the prompt; Chinese says which characters, as the transcript the model reads does."""
+    tags = language.lower().replace("_", "-").split("-")
+    if tags[0] == "zh":
+        traditional = TRADITIONAL_TAGS.intersection(tags[1:])
+        return "Chinese (Traditional characters)" if traditional else "Chinese (Mandarin, Simplified characters)"
+    return LANGUAGES.get(tags[0], language)
+
+
 def system_prompt(base: str, language: str | None) -> str:
     if not language:
         return base
-    name = LANGUAGES.get(language.lower().split("-")[0], language)
+    name = language_name(language)
     return f"{base} The caller speaks {name}: reply in {name}."
 
 
@@ -37,6 +50,8 @@ def recent_history(history: Sequence[Any] | None, turns: int) -> list[Message]:
 def build(
     text: str, *, system: str, language: str | None = None, history: Sequence[Any] | None = None, turns: int = 10
 ) -> list[Message]:
+    # A typed Chinese question with no language given (no ASR ran to detect one) still gets a Chinese reply.
+    language = language or ("zh" if languages.written_in_chinese(text) else None)
     return [
         {"role": "system", "content": system_prompt(system, language)},
         *recent_history(history, turns),

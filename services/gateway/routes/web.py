@@ -13,7 +13,8 @@ router = APIRouter(tags=["web"], include_in_schema=False)
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 # Served by name from a fixed list: nothing outside the page's own files can be asked for.
-FILES = {"index.html": "text/html", "app.js": "text/javascript", "app.css": "text/css"}
+FILES = {"index.html": "text/html", "app.js": "text/javascript", "app.css": "text/css", "call.js": "text/javascript",
+         "knowledge.js": "text/javascript"}
 
 
 @router.get("/")

@@ -215,6 +215,7 @@ function follow(links, turn, speak) {
     if (cost.cache_hits) parts.push("answer from cache");
     if (cost.completion_tokens) parts.push(`${cost.completion_tokens} tokens`);
     turn.querySelector(".meta").textContent = parts.join(" · ");
+    if (window.showKnowledge) window.showKnowledge(job);
     // A reply spoken in one piece (no sentence chunks): play the whole file.
     if (speak && player.received === 0 && job.results.tts) player.add(0, links.audio_url);
     finish("Done.", false);
