@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,7 +45,7 @@ def read_safetensors(path: Path) -> dict[str, NDArray[Any]]:
 def _layer_norm(x: Vector, weight: Vector, bias: Vector) -> Vector:
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + EPS) * weight + bias
+    return cast(Vector, (x - mean) / np.sqrt(var + EPS) * weight + bias)
 
 
 def _erf(x: Vector) -> Vector:
@@ -54,7 +54,7 @@ def _erf(x: Vector) -> Vector:
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    return sign * (1.0 - poly * np.exp(-a * a))
+    return cast(Vector, sign * (1.0 - poly * np.exp(-a * a)))
 
 
 def _gelu(x: Vector) -> Vector:
@@ -75,7 +75,7 @@ class MiniLM:
         self.layers = 1 + max(int(k.split(".")[2]) for k in self.w if k.startswith("encoder.layer."))
 
     def _linear(self, x: Vector, name: str) -> Vector:
-        return x @ self.w[f"{name}.weight"] + self.w[f"{name}.bias"]
+        return cast(Vector, x @ self.w[f"{name}.weight"] + self.w[f"{name}.bias"])
 
     def encode(self, text: str) -> Vector:
         """A unit vector: the mean of the last layer's token states, as sentence-transformers pools it."""
@@ -98,13 +98,18 @@ class MiniLM:
             h = self._linear(_gelu(self._linear(x, f"{p}.intermediate.dense")), f"{p}.output.dense")
             x = _layer_norm(x + h, w[f"{p}.output.LayerNorm.weight"], w[f"{p}.output.LayerNorm.bias"])
         pooled = x.mean(0)
-        return (pooled / max(float(np.linalg.norm(pooled)), EPS)).astype(np.float32)
+        return cast(Vector, (pooled / max(float(np.linalg.norm(pooled)), EPS)).astype(np.float32))
 
 
-def load(settings_enabled: bool) -> MiniLM | None:
-    """The embedding model when paraphrase matching is on and its package is installed, else None."""
+def load(settings_enabled: bool, threads: int | None = None) -> MiniLM | None:
+    """The embedding model when paraphrase matching is on and its package is installed, else None.
+    `threads` caps this process's BLAS pool (numpy's OpenBLAS starts one thread per core; shared/cpu.py)."""
     if not settings_enabled:
         return None
+    if threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")
     try:
         return MiniLM()
     except ImportError:

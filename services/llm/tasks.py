@@ -7,87 +7,122 @@ history shapes the reply; context-free questions are answered from the cache.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
+
+import openai
 
 from services.llm import analysis, embeddings, prompts
 from services.llm.config import LlmSettings
 from services.llm.embeddings import MiniLM
 from services.llm.engines.base import ChatEngine, ChatResult
 from services.llm.engines.openai_compat import OpenAICompatEngine
-from shared import answer_cache, jobs, metrics, queues, sessions, stage
+from services.llm.knowledge import grounding, index, lexical
+from services.llm.knowledge.retrieve import Library
+from shared import answer_cache, jobs, metrics, queues, sessions
+from shared.jobs import AnalysisResult, Job, LlmResult, Sentence
 from shared.sentences import SentenceSplitter
 from shared.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
 
-# Set once by `setup()` (the worker calls it in the parent before forking).
-SETTINGS: LlmSettings | None = None
-ENGINE: ChatEngine | None = None
-EMBEDDER: MiniLM | None = None  # matches paraphrases of FAQ questions; None: exact (normalised) matches only
+
+@dataclass
+class Resources:
+    """What the llm worker makes once: the chat engine, the sentence embedder (FAQ paraphrases and the
+    knowledge base; None when its package is missing) and the tenants' knowledge indexes."""
+
+    settings: LlmSettings
+    engine: ChatEngine
+    embedder: MiniLM | None
+    load_seconds: dict[str, float]
+    library: Library | None = None
 
 
-def setup(
-    settings: LlmSettings | None = None, engine: ChatEngine | None = None, embedder: MiniLM | None = None
-) -> ChatEngine:
-    global SETTINGS, ENGINE, EMBEDDER
-    SETTINGS = settings or LlmSettings()
-    ENGINE = engine or OpenAICompatEngine(SETTINGS)
-    EMBEDDER = embedder
-    return ENGINE
+def load(settings: LlmSettings) -> Resources:
+    """Make the engine once; a quick model listing shows the server answers (not fatal: it may start later).
+
+    The client is per process, so each forked job process opens its own connections.
+    """
+    engine = OpenAICompatEngine(settings)
+    start = time.perf_counter()
+    embedder = embeddings.load(settings.llm_faq_paraphrase or settings.knowledge_enabled, settings.llm_embed_threads)
+    seconds = {"all-minilm-l6-v2": time.perf_counter() - start} if embedder else {}
+    library = None
+    if settings.knowledge_enabled:
+        lexical.prepare(background=not settings.worker_fork)
+        library = Library(embedder.encode if embedder else None, settings.knowledge_cached_tenants)
+    try:
+        seconds[settings.llm_model] = engine.check()
+    except openai.OpenAIError as exc:
+        log.warning("LLM server not answering yet", extra={"base_url": settings.llm_base_url,
+                                                          "error": type(exc).__name__})
+    return Resources(settings, engine, embedder, seconds, library)
 
 
-def run(job_id: str) -> None:
-    """rq entry point."""
-    if SETTINGS is None:
-        setup()
-    assert SETTINGS is not None
-    stage.run("llm", job_id, stage.job_connection(), SETTINGS, work)
-
-
-def work(ctx: StageContext) -> dict[str, Any]:
-    if ENGINE is None or SETTINGS is None:
-        raise RuntimeError("services.llm.tasks.setup() was not called")
-    if ctx.job["options"].get("analysis"):
-        return analysis.work(ctx, SETTINGS, ENGINE)  # a recorded call: structured analysis, no spoken reply
+def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
+    settings, engine, embedder = ctx.resources.settings, ctx.resources.engine, ctx.resources.embedder
+    if ctx.job.options.analysis:
+        return analysis.work(ctx, settings, engine)  # a recorded call: structured analysis, no spoken reply
     job = ctx.job
     text = user_text(job)
     language = caller_language(job)
-    session_id = job["options"].get("session_id")
-    history = (sessions.history(ctx.conn, session_id, SETTINGS.session_max_turns, tenant=job["tenant"])
-               if session_id else job["options"].get("history") or [])
+    session_id = job.options.session_id
+    history = (sessions.history(ctx.conn, session_id, settings.session_max_turns, tenant=job.tenant)
+               if session_id else job.options.history or [])
+    system = system_for(job, settings)
+    library = ctx.resources.library
+    kb_index = library.index(ctx.conn, job.tenant) if library is not None else None
+    kb_active = kb_index is not None and len(kb_index) > 0
     cache_key = None
-    if SETTINGS.llm_answer_cache and not history:
-        # Only context-free turns: with history the same words can mean something else.
-        cache_key = answer_cache.key_for(text, system_prompt=SETTINGS.llm_system_prompt, model=ENGINE.model,
-                                         language=language)
-    cached = answer_cache.get(ctx.conn, cache_key) if cache_key else None
+    if settings.llm_answer_cache and not history:
+        # Only context-free turns: with history the same words can mean something else. With a knowledge
+        # base, answers are kept per version of it, so an edited or deleted document answers at once.
+        version = f"\n[knowledge v{kb_index.version}]" if kb_index is not None and kb_active else ""
+        cache_key = answer_cache.key_for(text, system_prompt=system + version, model=engine.model,
+                                         language=language, tenant=job.tenant)
+    cached = answer_cache.lookup(ctx.conn, cache_key) if cache_key else None
     match: dict[str, Any] = {"cache_match": "exact"} if cached is not None else {}
-    if cache_key and cached is None and EMBEDDER is not None and embeddings.usable_for(language):
-        found = faq_paraphrase(ctx, SETTINGS, EMBEDDER, text, language)
+    if (cache_key and cached is None and embedder is not None and settings.llm_faq_paraphrase
+            and embeddings.usable_for(language)):
+        found = faq_paraphrase(ctx, embedder, text, language, system)
         if found is not None:
             cached, match = found[0], {"cache_match": "paraphrase", "cache_similarity": round(found[1], 4)}
-    chunks = Chunks(ctx, SETTINGS)
+    chunks = Chunks(ctx, settings)
     deltas = Deltas(ctx, chunks)
+    grounded = None
     if cached is not None:
-        result = {**answer_from_cache(ctx, cached, deltas), **match}
+        reply = answer_from_cache(ctx, cached, deltas)
     else:
         if cache_key:
             metrics.inc(metrics.CACHE_MISSES, cache="answer")
-        result = answer_from_llm(ctx, SETTINGS, ENGINE, text, language, history, deltas)
-    result["text"] = deltas.text  # on a re-run, the words listeners already got stand
-    if result["finish_reason"] == "cancelled":
+        if kb_active and library is not None:
+            grounded = grounding.ground(ctx.conn, library, job.tenant, text, language, history, grounding.Limits(
+                settings.knowledge_top_k, settings.knowledge_relevance_min, settings.knowledge_coverage_min))
+        if grounded is not None and grounded.reply is not None:
+            reply = answer_fixed(ctx, grounded.reply, deltas)  # nothing relevant: nothing to make up from
+        else:
+            reply = answer_from_llm(ctx, text, language, history, deltas, system, grounded)
+    result = LlmResult.model_validate({**reply.to_dict(), **match})
+    if grounded is not None:
+        result.knowledge = grounded.use
+    result.text = deltas.text  # on a re-run, the words listeners already got stand
+    if result.finish_reason == "cancelled":
         return result  # the job is gone or cancelled: stage.run stores nothing
     chunks.finish()
     if session_id:
-        sessions.append_turn(ctx.conn, session_id, text, result["text"], max_turns=SETTINGS.session_max_turns,
-                             ttl_s=SETTINGS.session_ttl_s, tenant=job["tenant"])
-    if cache_key and cached is None and result["finish_reason"] == "stop" and result["text"].strip():
-        answer_cache.put(ctx.conn, cache_key, result["text"], SETTINGS.llm_answer_cache_ttl_s)
-    ctx.emit_once("llm.done", {"text": result["text"], "chunks": len(chunks.texts)})
-    return {**result, "language": language, "chunks": chunks.listed(),
-            "cache": "off" if cache_key is None else "hit" if cached is not None else "miss",
-            "history_turns": len(history) // 2}
+        sessions.append_turn(ctx.conn, session_id, text, result.text, max_turns=settings.session_max_turns,
+                             ttl_s=settings.session_ttl_s, tenant=job.tenant)
+    if cache_key and cached is None and result.finish_reason == "stop" and result.text.strip():
+        answer_cache.put(ctx.conn, cache_key, result.text, settings.llm_answer_cache_ttl_s)
+    ctx.emit_once("llm.done", {"text": result.text, "chunks": len(chunks.texts)})
+    result.language, result.chunks = language, chunks.listed()
+    result.cache = "off" if cache_key is None else "hit" if cached is not None else "miss"
+    result.history_turns = len(history) // 2
+    return result
 
 
 class Chunks:
@@ -97,12 +132,12 @@ class Chunks:
     chunks are only listed: the tts stage speaks them after the llm is done.
     """
 
-    def __init__(self, ctx: StageContext, settings: LlmSettings) -> None:
+    def __init__(self, ctx: StageContext[Resources], settings: LlmSettings) -> None:
         self.ctx = ctx
         self.splitter = SentenceSplitter(first_comma_chars=settings.llm_stream_first_comma_chars,
                                          min_chars=settings.llm_stream_min_chars)
         self.texts: list[str] = []
-        self.enqueue = "tts" in ctx.job["plan"] and ctx.job["options"].get("stream") is not False
+        self.enqueue = "tts" in ctx.job.plan and ctx.job.options.stream is not False
 
     def feed(self, delta: str) -> None:
         self._add(self.splitter.feed(delta))
@@ -116,10 +151,10 @@ class Chunks:
             self.texts.append(sentence)
             if self.enqueue and not self.ctx.cancelled():
                 queues.enqueue_chunk(self.ctx.conn, self.ctx.settings, self.ctx.job_id, seq, sentence,
-                                     self.ctx.job["priority"])
+                                     self.ctx.job.priority)
 
-    def listed(self) -> list[dict[str, Any]]:
-        return [{"seq": seq, "text": text} for seq, text in enumerate(self.texts)]
+    def listed(self) -> list[Sentence]:
+        return [Sentence(seq=seq, text=text) for seq, text in enumerate(self.texts)]
 
 
 class Deltas:
@@ -132,7 +167,7 @@ class Deltas:
     the events and the spoken sentences still agree.
     """
 
-    def __init__(self, ctx: StageContext, chunks: Chunks) -> None:
+    def __init__(self, ctx: StageContext[Resources], chunks: Chunks) -> None:
         self.ctx = ctx
         self.chunks = chunks
         earlier = ctx.earlier("llm.delta")
@@ -155,46 +190,64 @@ class Deltas:
 
 
 def faq_paraphrase(
-    ctx: StageContext, settings: LlmSettings, embedder: MiniLM, text: str, language: str | None
+    ctx: StageContext[Resources], embedder: MiniLM, text: str, language: str | None, system: str
 ) -> tuple[str, float] | None:
     """The FAQ answer whose question means the same as `text`, if one is close enough."""
-    assert ENGINE is not None
-    index = answer_cache.index_for(system_prompt=settings.llm_system_prompt, model=ENGINE.model, language=language)
-    if not ctx.conn.exists(index):
-        return None  # no FAQ loaded: spare the embedding
-    return answer_cache.nearest(ctx.conn, index, embedder.encode(text), settings.llm_faq_paraphrase_threshold)
+    settings, engine = ctx.resources.settings, ctx.resources.engine
+    index = answer_cache.index_for(system_prompt=system, model=engine.model, language=language,
+                                   tenant=ctx.job.tenant)
+    threshold = settings.llm_faq_paraphrase_threshold
+    return answer_cache.paraphrase(ctx.conn, index, lambda: embedder.encode(text), threshold)
 
 
-def answer_from_cache(ctx: StageContext, answer: str, deltas: Deltas) -> dict[str, Any]:
+def answer_from_cache(ctx: StageContext[Resources], answer: str, deltas: Deltas) -> ChatResult:
     """A cached answer: no LLM call; the text goes out as one delta and all its chunks at once."""
-    assert ENGINE is not None
     metrics.inc(metrics.CACHE_HITS, cache="answer")
     jobs.add_cost(ctx.conn, ctx.job_id, cache_hits=1, prompt_tokens=0, completion_tokens=0)
     deltas.chunks.feed(deltas.add(answer))
     log.info("reply from the answer cache", extra={"job_id": ctx.job_id})
-    return ChatResult(text=answer, model=ENGINE.model, prompt_tokens=0, completion_tokens=0,
-                      usage_estimated=False, ttft_s=None, finish_reason="stop", retries=0).to_dict()
+    return ChatResult(text=answer, model=ctx.resources.engine.model, prompt_tokens=0, completion_tokens=0,
+                      usage_estimated=False, ttft_s=None, finish_reason="stop", retries=0)
+
+
+def answer_fixed(ctx: StageContext[Resources], answer: str, deltas: Deltas) -> ChatResult:
+    """A reply the worker writes itself (the knowledge base has nothing relevant): no LLM call."""
+    deltas.chunks.feed(deltas.add(answer))
+    return ChatResult(text=answer, model=ctx.resources.engine.model, prompt_tokens=0, completion_tokens=0,
+                      usage_estimated=False, ttft_s=None, finish_reason="stop", retries=0)
 
 
 def answer_from_llm(
-    ctx: StageContext,
-    settings: LlmSettings,
-    engine: ChatEngine,
+    ctx: StageContext[Resources],
     text: str,
     language: str | None,
     history: list[Any],
     deltas: Deltas,
-) -> dict[str, Any]:
-    messages = prompts.build(text, system=settings.llm_system_prompt, language=language, history=history,
-                             turns=settings.session_max_turns)
-    reply = engine.stream(messages)
+    system: str,
+    grounded: grounding.Grounding | None = None,
+) -> ChatResult:
+    settings, engine = ctx.resources.settings, ctx.resources.engine
+    turns = settings.session_max_turns if ctx.job.options.session_id else history_turns(ctx.job, settings)
+    messages = prompts.build(text, system=system, language=language, history=history, turns=turns)
+    guard = grounded.guard if grounded is not None else None
+    reply = engine.stream(grounded.messages(messages) if grounded is not None else messages)
     for delta in reply:
-        sent = deltas.add(delta)
+        sent = deltas.add(guard.feed(delta) if guard is not None else delta)
         if ctx.cancelled():
             reply.close()
             break
         deltas.chunks.feed(sent)
+        if guard is not None and guard.tripped is not None:
+            reply.close()  # a number no passage gave: say the don't-know line instead of the rest
+            break
     result = reply.result
+    if guard is not None and grounded is not None and not ctx.cancelled():
+        deltas.chunks.feed(deltas.add(guard.flush()))
+        if guard.tripped is not None:
+            deltas.chunks.feed(deltas.add((" " if deltas.text.strip() else "") + grounded.fallback))
+            grounded.use.outcome = "guarded"
+            log.warning("reply stopped at an unsupported figure", extra={"job_id": ctx.job_id})
+            result = dataclasses.replace(result, finish_reason="stop")
     metrics.inc(metrics.LLM_TOKENS, result.prompt_tokens, kind="prompt")
     metrics.inc(metrics.LLM_TOKENS, result.completion_tokens, kind="completion")
     if result.ttft_s is not None:
@@ -207,24 +260,46 @@ def answer_from_llm(
     if settings.debug:
         extra["reply"] = result.text
     log.info("reply streamed", extra=extra)
-    return result.to_dict()
+    return result
 
 
-def user_text(job: dict[str, Any]) -> str:
+def user_text(job: Job) -> str:
     """The transcript when the plan ran ASR first, else the text the caller sent."""
-    if "asr" in job["plan"]:
-        text = str((job["results"].get("asr") or {}).get("text") or "").strip()
+    if "asr" in job.plan:
+        text = (job.results.asr.text if job.results.asr else "").strip()
         if not text:
             raise StageError("empty_transcript", "no speech was recognised in the audio, so there is nothing to answer")
         return text
-    text = str(job["inputs"].get("text") or "").strip()
+    text = (job.inputs.text or "").strip()
     if not text:
         raise StageError("empty_text", "the request has no text to answer")
     return text
 
 
-def caller_language(job: dict[str, Any]) -> str | None:
+def system_for(job: Job, settings: LlmSettings) -> str:
+    """The system prompt, with the caller's instructions (a live call's `session.update`) after ours: they
+    shape the reply, and the shared prefix keeps the server's warmed prompt cache useful."""
+    instructions = (job.options.instructions or "").strip()
+    return f"{settings.llm_system_prompt}\n\n{instructions}" if instructions else settings.llm_system_prompt
+
+
+def history_turns(job: Job, settings: LlmSettings) -> int:
+    """How much of a history sent with the job to keep: what the job asks (a live call's own setting),
+    else as much as a session keeps."""
+    asked = job.options.history_turns
+    return asked if isinstance(asked, int) and asked > 0 else settings.session_max_turns
+
+
+def caller_language(job: Job) -> str | None:
     """The language the caller asked for, else the one ASR detected."""
-    asked = job["options"].get("language")
-    detected = (job["results"].get("asr") or {}).get("language")
-    return str(asked or detected) if (asked or detected) else None
+    asked = job.options.language
+    detected = job.results.asr.language if job.results.asr else None
+    return asked or detected or None
+
+
+def index_document(conn: Any, settings: LlmSettings, resources: Resources, tenant: str, doc_id: str,
+                   generation: int) -> None:
+    """The knowledge indexing job (`shared.knowledge.INDEX_TASK`) on the llm worker, which has the embedder."""
+    embedder = resources.embedder
+    index.run(conn, embedder.encode if embedder is not None else None, tenant, doc_id, int(generation),
+              settings.knowledge_passage_size)

@@ -132,6 +132,24 @@ def test_always_500_fails_the_job_in_bounded_time(conn: redis.Redis, redis_url: 
     assert [k for _, k, _ in all_events(conn, job_id)][-2:] == ["stage.failed", "job.failed"]
 
 
+def test_a_restarting_local_server_is_waited_for(conn: redis.Redis, redis_url: str) -> None:
+    """llama.cpp answers 503 "Loading model" while a supervised restart loads it: past the retries, the stage
+    waits until the server answers and tries again instead of failing the turn."""
+    loading = [Fail(503, message="Loading model") for _ in range(5)]
+    with FakeOpenAI(script=loading, default=Reply("Back again.")) as fake:
+        job_id = text_job(conn, "hello")
+        record = run_llm(conn, settings_for(fake.base_url, redis_url, llm_restart_wait_s=10), job_id)
+        assert len(fake.chat_requests) == 6  # three attempts, the wait, three more
+    assert record["status"] == "done" and record["results"]["llm"]["text"] == "Back again."
+
+
+def test_restart_wait_is_off_for_remote_servers_and_when_zero(redis_url: str) -> None:
+    assert OpenAICompatEngine(settings_for("http://127.0.0.1:8080/v1", redis_url)).waits_for_restarts
+    assert not OpenAICompatEngine(settings_for("https://api.openai.com/v1", redis_url)).waits_for_restarts
+    assert not OpenAICompatEngine(settings_for("http://127.0.0.1:8080/v1", redis_url,
+                                               llm_restart_wait_s=0)).waits_for_restarts
+
+
 def test_slow_server_times_out_then_retry_succeeds(conn: redis.Redis, redis_url: str) -> None:
     with FakeOpenAI(script=[Reply("too late", delay_s=3)], default=Reply("Here I am.")) as fake:
         job_id = text_job(conn, "hello")

@@ -15,7 +15,7 @@ from services.llm import embeddings, tasks
 from services.llm.config import LlmSettings
 from shared import answer_cache, jobs, stage
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.llm.helpers import settings_for
+from tests.llm.helpers import resources, settings_for
 
 FAQ = {
     "What are your opening hours?": ["When are you open?", "What time do you open in the morning?",
@@ -79,9 +79,9 @@ def test_vectors_are_unit_length_and_meaningful(model: embeddings.MiniLM) -> Non
 def test_paraphrase_hit_rate_with_and_without_embeddings(
         conn: redis.Redis, model: embeddings.MiniLM, faq_file: Path) -> None:
     threshold = LlmSettings().llm_faq_paraphrase_threshold
-    scope: dict[str, Any] = {"system_prompt": "p", "model": "m", "language": "en"}
+    scope: dict[str, Any] = {"system_prompt": "p", "model": "m", "language": "en", "tenant": None}
     answer_cache.load_faq(conn, faq_file, system_prompt="p", model="m", languages=["en"], ttl_s=60,
-                          embed=model.encode)
+                          tenant=answer_cache.GLOBAL, embed=model.encode)
     index = answer_cache.index_for(**scope)
     assert conn.hlen(index) == len(FAQ)
 
@@ -109,19 +109,17 @@ def test_stage_answers_a_paraphrase_from_the_faq(
     with FakeOpenAI(default=Reply("From the model.")) as fake:
         settings = settings_for(fake.base_url, redis_url)
         answer_cache.load_faq(conn, faq_file, system_prompt=settings.llm_system_prompt, model=settings.llm_model,
-                              languages=["en", None], ttl_s=60, embed=model.encode)
-        tasks.setup(settings, embedder=model)
+                              languages=["en", None], ttl_s=60, tenant=answer_cache.GLOBAL, embed=model.encode)
         results = {}
         for text, language in [("When are you open?", "en"), ("when are you open", None),
                                ("What is the capital of France?", "en"), ("When are you open?", "zh")]:
             job_id = jobs.create(conn, kind="chat_text", priority="live", inputs={"text": text},
                                  options={"language": language}, ttl_s=60)
-            stage.run("llm", job_id, conn, settings, tasks.work)
+            stage.run("llm", job_id, conn, settings, tasks.work, resources(settings, model))
             record = jobs.load(conn, job_id)
             assert record is not None
             results[(text, language)] = record["results"]["llm"]
         assert len(fake.chat_requests) == 2  # France, and the Chinese caller (no English model for that)
-        tasks.setup(settings)
     hit = results[("When are you open?", "en")]
     assert hit["cache"] == "hit" and hit["cache_match"] == "paraphrase" and hit["cache_similarity"] >= 0.65
     assert hit["text"] == answer("What are your opening hours?")
