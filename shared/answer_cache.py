@@ -6,6 +6,13 @@ any of them can change the answer. An operator pre-loads common questions from
 a FAQ file (YAML or JSONL) under the same keys, so a caller's question hits them;
 FAQ questions can also be indexed by a sentence embedding, so a paraphrase
 ("When are you open?") finds the answer to "What are your opening hours?".
+
+Every key belongs to a scope: a tenant (`vq:answer:t.<tenant>:<hash>`) or the
+global set (`vq:answer:global:<hash>`). An answer the LLM gave one tenant is kept
+under that tenant only: its wording may carry that tenant's facts. A lookup tries
+the tenant's own scope first, then the global set, which only an operator fills
+(`voicequeue faq load --global`). The hash leaves the scope out, so the global
+twin of a tenant's key is the same key with its scope swapped.
 """
 
 from __future__ import annotations
@@ -20,10 +27,13 @@ import numpy as np
 import redis
 import yaml
 
-from shared import textnorm
+from shared import keys, textnorm
+from shared.redisio import text as as_text
 
-PREFIX = "vq:answer:"
-INDEX_PREFIX = "vq:answer-index:"
+PREFIX = keys.ANSWER_PREFIX
+INDEX_PREFIX = keys.ANSWER_INDEX_PREFIX
+GLOBAL = None  # the scope of answers every tenant may get; pass it explicitly, never by default
+_GLOBAL_SCOPE = "global"
 
 Embed = Callable[[str], "np.ndarray[Any, Any]"]
 
@@ -36,15 +46,53 @@ def normalize(question: str) -> str:
     return textnorm.normalize(question)
 
 
-def key_for(question: str, *, system_prompt: str, model: str, language: str | None) -> str:
-    parts = [normalize(question), system_prompt, model, (language or "").lower()]
-    return PREFIX + hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+def scope(tenant: str | None) -> str:
+    """`t.<tenant>`, or `global` for GLOBAL (the prefix keeps a tenant named "global" apart)."""
+    return _GLOBAL_SCOPE if tenant is None else f"t.{tenant}"
 
 
-def index_for(*, system_prompt: str, model: str, language: str | None) -> str:
-    """The hash of FAQ question vectors that can answer paraphrases for this prompt, model and language."""
-    parts = [system_prompt, model, (language or "").lower()]
-    return INDEX_PREFIX + hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+def _digest(parts: list[str]) -> str:
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+
+
+def key_for(question: str, *, system_prompt: str, model: str, language: str | None, tenant: str | None) -> str:
+    """The key of `tenant`'s answer (tenant=GLOBAL: the global set's)."""
+    digest = _digest([normalize(question), system_prompt, model, (language or "").lower()])
+    return f"{PREFIX}{scope(tenant)}:{digest}"
+
+
+def index_for(*, system_prompt: str, model: str, language: str | None, tenant: str | None) -> str:
+    """The hash of FAQ question vectors that can answer paraphrases for this scope, prompt, model and language."""
+    digest = _digest([system_prompt, model, (language or "").lower()])
+    return f"{INDEX_PREFIX}{scope(tenant)}:{digest}"
+
+
+def global_twin(key: str) -> str:
+    """The global set's key (or index) for the same question (or prompt, model and language) as `key`."""
+    head, _, digest = key.rpartition(":")
+    prefix = head.rsplit(":", 1)[0]
+    return f"{prefix}:{_GLOBAL_SCOPE}:{digest}"
+
+
+def lookup(conn: redis.Redis, key: str) -> str | None:
+    """The answer under the tenant's `key`, else under its global twin."""
+    found = get(conn, key)
+    twin = global_twin(key)
+    return found if found is not None or twin == key else get(conn, twin)
+
+
+def paraphrase(
+    conn: redis.Redis, index: str, encode: Callable[[], np.ndarray[Any, Any]], threshold: float
+) -> tuple[str, float] | None:
+    """`nearest` in the tenant's FAQ index, then in the global one; `encode` runs only if an index exists."""
+    indexes = [i for i in dict.fromkeys([index, global_twin(index)]) if conn.exists(i)]
+    if not indexes:
+        return None  # no FAQ loaded: spare the embedding
+    vector = encode()
+    for found in (nearest(conn, i, vector, threshold) for i in indexes):
+        if found is not None:
+            return found
+    return None
 
 
 def nearest(conn: redis.Redis, index: str, vector: np.ndarray[Any, Any], threshold: float) -> tuple[str, float] | None:
@@ -52,7 +100,7 @@ def nearest(conn: redis.Redis, index: str, vector: np.ndarray[Any, Any], thresho
     fields = conn.hgetall(index)
     if not fields:
         return None
-    keys = [k.decode() if isinstance(k, bytes) else k for k in fields]
+    keys = [as_text(k) for k in fields]
     matrix = np.stack([np.frombuffer(cast(bytes, v), dtype=np.float32) for v in fields.values()])
     scores = matrix @ vector.astype(np.float32)
     for i in np.argsort(-scores):
@@ -67,7 +115,7 @@ def nearest(conn: redis.Redis, index: str, vector: np.ndarray[Any, Any], thresho
 
 def get(conn: redis.Redis, key: str) -> str | None:
     value = conn.get(key)
-    return value.decode() if isinstance(value, bytes) else value
+    return as_text(value) if value is not None else None
 
 
 def put(conn: redis.Redis, key: str, answer: str, ttl_s: int) -> None:
@@ -138,9 +186,12 @@ def load_faq(
     model: str,
     languages: Iterable[str | None],
     ttl_s: int,
+    tenant: str | None,
     embed: Embed | None = None,
 ) -> int:
     """Store every FAQ answer under each of its questions and languages; returns the number of entries.
+
+    `tenant` is the scope: one tenant's callers only, or GLOBAL (every tenant's, below its own).
 
     With `embed`, each question's vector also goes into the language's index, so
     a paraphrase can find it (`nearest`). The whole file is checked before
@@ -150,10 +201,10 @@ def load_faq(
     vectors = {q: embed(q).astype(np.float32).tobytes() for qs, _ in pairs for q in qs} if embed else {}
     pipe = conn.pipeline(transaction=False)
     for language in list(languages):
-        index = index_for(system_prompt=system_prompt, model=model, language=language)
+        index = index_for(system_prompt=system_prompt, model=model, language=language, tenant=tenant)
         for questions, answer in pairs:
             for question in questions:
-                key = key_for(question, system_prompt=system_prompt, model=model, language=language)
+                key = key_for(question, system_prompt=system_prompt, model=model, language=language, tenant=tenant)
                 put(pipe, key, answer, ttl_s)
                 if question in vectors:
                     pipe.hset(index, key, vectors[question])

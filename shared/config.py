@@ -24,6 +24,20 @@ class CommonSettings(BaseSettings):
         "redis://127.0.0.1:6379/0",
         description="Redis holding queues, job records, events, blobs and caches.",
     )
+    redis_sentinels: str = Field(
+        "",
+        description="Comma-separated host:port of Redis Sentinels. When set, every client finds the current "
+        "primary of redis_sentinel_master through them and follows a failover; redis_url then gives only the "
+        "database number and password.",
+    )
+    redis_sentinel_master: str = Field("voicequeue", description="The primary's name as the Sentinels know it.")
+    redis_wait_timeout_ms: int | None = Field(
+        None,
+        ge=0,
+        description="Before answering 202, wait this long for redis_wait_replicas replicas to hold the new job "
+        "(Redis WAIT), so it survives the loss of the primary. 0 disables; unset: 500 with Sentinels, else 0.",
+    )
+    redis_wait_replicas: int = Field(1, ge=1, description="Replicas that must hold a new job before the 202.")
     cache_dir: Path = Field(
         default_factory=default_cache_dir,
         description="Where assembled model files and built wheels are kept (outside the repo, reused).",
@@ -81,6 +95,13 @@ class CommonSettings(BaseSettings):
         600.0, description="How often one worker gives Redis keys left without a TTL their retention (0: never).")
     log_redact_pii: bool = Field(True, description="Replace PII (phones, emails, cards, IDs) in every log record, "
                                  "also with debug on.")
+
+    @property
+    def redis_wait_ms(self) -> int:
+        """The WAIT timeout in effect: the setting, else 500 ms with Sentinels and 0 (off) without."""
+        if self.redis_wait_timeout_ms is not None:
+            return self.redis_wait_timeout_ms
+        return 500 if self.redis_sentinels.strip() else 0
 
     def max_attempts(self, stage: str) -> int:
         """The retry budget of `stage` (a sentence of a streamed reply counts as "tts")."""

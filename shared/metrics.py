@@ -17,6 +17,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shared import connection, keys
+
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 900)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 15, 60)
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 4)
@@ -74,7 +76,7 @@ def set_gauge(metric: Gauge, value: float, **labels: str) -> None:
 
 
 def buffer_key(worker_name: str) -> str:
-    return f"vq:metrics:{worker_name}"
+    return keys.metrics_handoff(worker_name)
 
 
 def start_buffering() -> None:
@@ -162,11 +164,7 @@ def _fail_fast(conn: redis.Redis) -> redis.Redis:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    pool = conn.connection_pool
-    kwargs = {**pool.connection_kwargs, "socket_connect_timeout": 2, "socket_timeout": 2,
-              "retry": Retry(NoBackoff(), 0)}
-    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs),
-                       retry=Retry(NoBackoff(), 0))
+    return connection.same_server(conn, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 0))
 
 # Privacy (shared.redact): PII replaced before text left for an outside LLM ("llm") or reached a log ("log").
 PII_REDACTIONS = Counter("voicequeue_pii_redactions", "PII found and replaced, by kind and where.", ["kind", "where"])
@@ -178,3 +176,8 @@ STAGE_RERUNS = Counter("voicequeue_stage_reruns", "Stage attempts after the firs
                        ["stage"])
 for _m in (REQUEUED, STAGE_RERUNS):
     _ALL[_m._name] = _m
+
+# Redis replication: jobs acknowledged before a replica held them (replica down or behind). Counted where
+# WAIT runs (shared.connection, which metrics itself uses, so the counter is defined there).
+UNREPLICATED = connection.UNREPLICATED
+_ALL[UNREPLICATED._name] = UNREPLICATED

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import redis
 from rq import Queue
@@ -29,9 +30,10 @@ from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from shared import metrics, retention
+from shared import keys, metrics, retention
 from shared.config import CommonSettings
 from shared.connection import connect
+from shared.redisio import text, transaction
 
 log = logging.getLogger(__name__)
 
@@ -40,45 +42,46 @@ def abandoned(conn: redis.Redis, queue_name: str, now: float | None = None) -> l
     """Registry entries (`<rq job id>:<execution id>`) of `queue_name` whose heartbeat ran out."""
     registry = StartedJobRegistry(queue_name, connection=conn)
     entries = conn.zrangebyscore(registry.key, 0, time.time() if now is None else now)
-    return [e.decode() if isinstance(e, bytes) else str(e) for e in entries]
+    return [text(cast(bytes, e)) for e in entries]
 
 
 def requeue(conn: redis.Redis, queue_name: str, entry: str) -> bool:
     """Put the job of one abandoned registry entry back at the front of its queue, once.
 
     Returns True if this call requeued it; False if another reaper (or a late heartbeat) got there
-    first, or the job is no longer a started one (then the stale entry is only dropped).
+    first, or the job is neither started nor lost between dequeue and start (then the stale entry is only
+    dropped).
     """
     queue = Queue(queue_name, connection=conn)
     registry = StartedJobRegistry(queue_name, connection=conn)
     job_id = registry.parse_job_id(entry)
-    with conn.pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(registry.key)
-                score = pipe.zscore(registry.key, entry)
-                if score is None or score > time.time():
-                    pipe.unwatch()
-                    return False  # taken by another reaper, or its worker beat again
-                try:
-                    job = Job.fetch(job_id, connection=conn)
-                except NoSuchJobError:
-                    job = None
-                dead = Execution.from_composite_key(entry, conn)
-                pipe.multi()
-                pipe.zrem(registry.key, entry)
-                # Forget the dead execution: rq would later look its (expired) record up and fail the job.
-                pipe.delete(dead.key)
-                pipe.zrem(ExecutionRegistry(job_id=job_id, connection=conn).key, dead.id)
-                started = job is not None and job.get_status(refresh=False) == JobStatus.STARTED
-                if started:
-                    assert job is not None
-                    job.started_at = None
-                    queue.enqueue_job(job, pipeline=pipe, at_front=True)
-                pipe.execute()
-                return started
-            except redis.WatchError:
-                continue  # another job of the queue heartbeated meanwhile: look again
+
+    def take(pipe: redis.client.Pipeline) -> bool:
+        score = pipe.zscore(registry.key, entry)
+        if score is None or score > time.time():
+            return False  # taken by another reaper, or its worker beat again
+        try:
+            job: Job | None = Job.fetch(job_id, connection=conn)
+        except NoSuchJobError:
+            job = None
+        dead = Execution.from_composite_key(entry, conn)
+        queued = pipe.lpos(queue.key, job_id) is not None
+        pipe.multi()
+        pipe.zrem(registry.key, entry)
+        # Forget the dead execution: rq would later look its (expired) record up and fail the job.
+        pipe.delete(dead.key)
+        pipe.zrem(ExecutionRegistry(job_id=job_id, connection=conn).key, dead.id)
+        # QUEUED too: a forking worker registers the execution before the fork, and the job process marks the
+        # job started; a worker killed in between leaves a job that is in no queue and would never run.
+        status = job.get_status(refresh=False) if job is not None else None
+        lost = status == JobStatus.STARTED or (status == JobStatus.QUEUED and not queued)
+        if job is not None and lost:
+            job.started_at = None
+            queue.enqueue_job(job, pipeline=pipe, at_front=True)
+        return lost
+
+    # WATCHed: another job of the queue may heartbeat meanwhile; then look again.
+    return transaction(conn, take, registry.key)
 
 
 def sweep(conn: redis.Redis, queue_names: Sequence[str]) -> list[str]:
@@ -95,7 +98,7 @@ def sweep(conn: redis.Redis, queue_names: Sequence[str]) -> list[str]:
     return requeued
 
 
-RETENTION_LOCK = "vq:retention-sweep"
+RETENTION_LOCK = keys.RETENTION_LOCK
 
 
 class Reaper(threading.Thread):
@@ -113,7 +116,7 @@ class Reaper(threading.Thread):
         self.quiet_until = 0.0
 
     def run(self) -> None:
-        conn = connect(self.settings.redis_url)
+        conn = connect(self.settings)
         while not self.stopped.wait(self.settings.worker_reaper_interval_s):
             self.tick(conn)
 

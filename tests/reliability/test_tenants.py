@@ -19,7 +19,9 @@ import httpx
 import pytest
 import redis
 
-from shared import jobs, sessions, tenants
+from services.gateway import keystore
+from shared import jobs, sessions
+from shared.tenants import OPEN_TENANT
 from tests.conftest import started_stack
 from tests.gateway.helpers import read_sse, wait_finished
 from tests.stack import Stack, free_port, wait_http
@@ -44,11 +46,11 @@ def db(own: Stack) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="module")
 def keys(db: redis.Redis) -> Iterator[dict[str, str]]:
-    plain_a, key_a = tenants.create(db, "tenant-a")
-    plain_b, key_b = tenants.create(db, "tenant-b")
+    plain_a, key_a = keystore.create(db, "tenant-a")
+    plain_b, key_b = keystore.create(db, "tenant-b")
     yield {"a": plain_a, "b": plain_b}
-    tenants.revoke(db, key_a.key_id)
-    tenants.revoke(db, key_b.key_id)
+    keystore.revoke(db, key_a.key_id)
+    keystore.revoke(db, key_b.key_id)
 
 
 def _client(stack: Stack, key: str | None = None) -> httpx.Client:
@@ -93,11 +95,11 @@ def test_auth_off_until_a_key_exists_then_on(own: Stack, db: redis.Redis) -> Non
         r = anyone.post("/v1/chat", json={"text": "Say hi.", "speak": False})
         assert r.status_code == 202, r.text
         job = jobs.load(db, r.json()["id"])
-        assert job is not None and job["tenant"] == tenants.OPEN_TENANT
+        assert job is not None and job["tenant"] == OPEN_TENANT
         assert anyone.get(f"/v1/jobs/{job['id']}").status_code == 200
         assert anyone.delete(f"/v1/jobs/{job['id']}").status_code == 204  # frees the LLM for the next tests
 
-        plain, key = tenants.create(db, "tenant-tmp")
+        plain, key = keystore.create(db, "tenant-tmp")
         try:
             assert anyone.get("/readyz").json()["auth"] == "on"
             refused = anyone.get(f"/v1/jobs/{job['id']}")
@@ -108,16 +110,16 @@ def test_auth_off_until_a_key_exists_then_on(own: Stack, db: redis.Redis) -> Non
             assert anyone.get(f"/v1/jobs/{job['id']}",
                               headers={"Authorization": f"Bearer {plain}"}).status_code == 404
         finally:
-            tenants.revoke(db, key.key_id)
+            keystore.revoke(db, key.key_id)
         # Revoking the last key must not open the API again; only deleting the marker does.
         assert anyone.get("/readyz").json()["auth"] == "on"
         assert anyone.get(f"/v1/jobs/{job['id']}").status_code == 401
-        db.delete(tenants.AUTH_ON)
+        db.delete(keystore.AUTH_ON)
         assert anyone.get("/readyz").json()["auth"] == "off"
 
 
 def test_missing_bad_and_revoked_keys_are_401(own: Stack, db: redis.Redis, keys: dict[str, str]) -> None:
-    plain, key = tenants.create(db, "tenant-c")
+    plain, key = keystore.create(db, "tenant-c")
     with _client(own) as anyone, _client(own, plain) as c:
         for public in ("/healthz", "/readyz", "/metrics", "/", "/openapi.json"):
             assert anyone.get(public).status_code == 200, public
@@ -133,7 +135,7 @@ def test_missing_bad_and_revoked_keys_are_401(own: Stack, db: redis.Redis, keys:
         assert c.get(f"/v1/jobs/{created.json()['id']}").status_code == 200
         assert c.delete(f"/v1/jobs/{created.json()['id']}").status_code == 204
 
-        assert tenants.revoke(db, key.key_id) is not None
+        assert keystore.revoke(db, key.key_id) is not None
         for method, path in [("GET", f"/v1/jobs/{created.json()['id']}"), ("GET", "/v1/sessions/s1"),
                              ("POST", "/v1/chat")]:
             r = c.request(method, path, json={"text": "hello"} if method == "POST" else None)
@@ -274,7 +276,7 @@ def test_no_key_material_in_metrics_or_logs(own: Stack, keys: dict[str, str], db
         metrics = c.get("/metrics").text
     assert "voicequeue_http_requests" in metrics
     secrets_ = [*keys.values(), *(k.split("_", 2)[2] for k in keys.values())]  # secrets may hold "_"
-    digests = [d.decode() if isinstance(d, bytes) else d for d in db.hkeys(tenants.KEYS_BY_HASH)]
+    digests = [d.decode() if isinstance(d, bytes) else d for d in db.hkeys(keystore.KEYS_BY_HASH)]
     assert digests
     for text in [metrics, *(p.read_text(errors="replace") for p in own.log_dir.glob("*.log"))]:
         for secret in secrets_:
@@ -304,7 +306,7 @@ def test_auth_required_before_any_key(redis_url: str, tmp_path: Path) -> None:
             assert anyone.get("/readyz").json()["auth"] == "on"
             r = anyone.post("/v1/chat", json={"text": "hello", "speak": False})
             assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
-            plain, _ = tenants.create(db, "tenant-d")
+            plain, _ = keystore.create(db, "tenant-d")
             ok = anyone.post("/v1/chat", json={"text": "hello", "speak": False},
                              headers={"Authorization": f"Bearer {plain}"})
             assert ok.status_code == 202, ok.text

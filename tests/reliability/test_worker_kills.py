@@ -44,7 +44,7 @@ from tests.stack import RedisServer, Stack
 REPLY = ("Sure, I can help with that. The weather today is mild and sunny, with a light breeze from the west "
          "and no rain expected. Please call again if you need anything else at all.")
 CLIPS = ["en_short/librispeech-61-70968-0000.flac", "en_short/LDC93S1.wav", "en_short/10001-90210-01803.wav"]
-RECOVERY_LIMIT_S = 30.0
+RECOVERY_LIMIT_S = 30.0  # the promise in README.md and docs/reliability.md; also test_up_supervision.py
 Event = tuple[float, str, dict[str, Any]]
 
 
@@ -292,7 +292,7 @@ def test_kill_forked_job_process_parent_and_both(stack: Stack, rconn: redis.Redi
 def test_two_reapers_requeue_an_abandoned_job_once(conn: redis.Redis) -> None:
     """The requeue is one WATCHed transaction: racing reapers enqueue the job once between them."""
     queue = Queue("llm:live", connection=conn)
-    job = queue.enqueue("services.llm.tasks.run", "some-job", job_id="some-job_llm")
+    job = queue.enqueue(queues.STAGE_TASK, "some-job", job_id="some-job_llm")
     assert queue.pop_job_id() == job.id  # as a worker took it…
     job.set_status(JobStatus.STARTED)
     registry = StartedJobRegistry("llm:live", connection=conn)
@@ -317,6 +317,22 @@ def test_two_reapers_requeue_an_abandoned_job_once(conn: redis.Redis) -> None:
     # A job whose worker still beats is left alone.
     conn.zadd(registry.key, {"other_llm:exec2": time.time() + 10})
     assert reaper.sweep(conn, ["llm:live"]) == [] and conn.zcard(registry.key) == 1
+
+
+def test_a_job_whose_worker_died_between_dequeue_and_start_is_requeued(conn: redis.Redis) -> None:
+    """A forking worker registers the execution, then forks; the job process marks the job started. Killed in
+    between, the job is in no queue and still 'queued': it must be put back, once."""
+    queue = Queue("tts:live", connection=conn)
+    job = queue.enqueue(queues.STAGE_TASK, "lost-job", job_id="lost-job_tts0")
+    assert queue.pop_job_id() == job.id  # dequeued, never started
+    registry = StartedJobRegistry("tts:live", connection=conn)
+    conn.zadd(registry.key, {f"{job.id}:exec1": time.time() - 1})
+    assert reaper.sweep(conn, ["tts:live"]) == [job.id]
+    assert queue.get_job_ids() == [job.id] and conn.zcard(registry.key) == 0
+    # Still in its queue (a stale entry, nothing lost): the entry goes, the job is not queued twice.
+    conn.zadd(registry.key, {f"{job.id}:exec2": time.time() - 1})
+    assert reaper.sweep(conn, ["tts:live"]) == []
+    assert queue.get_job_ids() == [job.id] and conn.zcard(registry.key) == 0
 
 
 def _chat_job(conn: redis.Redis) -> str:

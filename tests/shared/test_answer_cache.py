@@ -13,7 +13,7 @@ import redis
 
 from shared import answer_cache
 
-KEY = {"system_prompt": "Be brief.", "model": "m1", "language": "en"}
+KEY = {"system_prompt": "Be brief.", "model": "m1", "language": "en", "tenant": None}
 VOICEQUEUE = str(Path(sys.executable).parent / "voicequeue")
 
 
@@ -60,7 +60,7 @@ def test_load_yaml_faq(conn: redis.Redis, tmp_path: Path) -> None:
   answer: Use the "forgot password" link on the sign-in page.
 """)
     count = answer_cache.load_faq(conn, faq, system_prompt="Be brief.", model="m1", languages=["en", None],
-                                  ttl_s=3600)
+                                  ttl_s=3600, tenant=answer_cache.GLOBAL)
     assert count == 2
     assert answer_cache.get(conn, key("what are your OPENING hours")) == (
         "We are open from nine to six, Monday to Friday.")
@@ -78,11 +78,11 @@ def test_load_jsonl_faq_and_a_faq_mapping(conn: redis.Redis, tmp_path: Path) -> 
         json.dumps({"question": "退货政策是什么？", "answer": "三十天内可以无理由退货。"}, ensure_ascii=False),
     ]))
     assert answer_cache.load_faq(conn, faq, system_prompt="Be brief.", model="m1", languages=["zh"],
-                                 ttl_s=60) == 2
+                                 ttl_s=60, tenant=answer_cache.GLOBAL) == 2
     assert answer_cache.get(conn, key("退货政策是什么", language="zh")) == "三十天内可以无理由退货。"
     mapping = write(tmp_path / "faq.yml", "faq:\n  - {question: Hi there, answer: Hello!}\n")
     assert answer_cache.load_faq(conn, mapping, system_prompt="Be brief.", model="m1", languages=["en"],
-                                 ttl_s=60) == 1
+                                 ttl_s=60, tenant=answer_cache.GLOBAL) == 1
 
 
 @pytest.mark.parametrize(("name", "text", "message"), [
@@ -100,7 +100,8 @@ def test_bad_faq_files_are_refused_and_nothing_is_written(
         conn: redis.Redis, tmp_path: Path, name: str, text: str, message: str) -> None:
     path = write(tmp_path / name, text)
     with pytest.raises(answer_cache.FaqError, match=message) as err:
-        answer_cache.load_faq(conn, path, system_prompt="p", model="m", languages=["en"], ttl_s=60)
+        answer_cache.load_faq(conn, path, system_prompt="p", model="m", languages=["en"], ttl_s=60,
+                              tenant=answer_cache.GLOBAL)
     assert str(path) in str(err.value)
     assert conn.dbsize() == 0
 
@@ -108,7 +109,7 @@ def test_bad_faq_files_are_refused_and_nothing_is_written(
 def test_missing_file(conn: redis.Redis, tmp_path: Path) -> None:
     with pytest.raises(answer_cache.FaqError, match="cannot read"):
         answer_cache.load_faq(conn, tmp_path / "nope.yaml", system_prompt="p", model="m", languages=["en"],
-                              ttl_s=60)
+                              ttl_s=60, tenant=answer_cache.GLOBAL)
 
 
 def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -120,25 +121,80 @@ def test_cli_loads_with_the_worker_settings(conn: redis.Redis, redis_url: str, t
     from services.llm.config import LlmSettings
 
     faq = write(tmp_path / "faq.yaml", "- question: What are your opening hours?\n  answer: Nine to six.\n")
-    result = cli(redis_url, str(faq))
+    result = cli(redis_url, str(faq), "--global")
     assert result.returncode == 0, result.stderr
-    assert "loaded 1 FAQ answers" in result.stdout
+    assert "loaded 1 FAQ answers for every tenant (global)" in result.stdout
     settings = LlmSettings()
     for language in ("en", None):
         k = answer_cache.key_for("what are your opening hours", system_prompt=settings.llm_system_prompt,
-                                 model=settings.llm_model, language=language)
+                                 model=settings.llm_model, language=language, tenant=answer_cache.GLOBAL)
         assert answer_cache.get(conn, k) == "Nine to six."
         assert conn.ttl(k) > 29 * 24 * 3600
-    result = cli(redis_url, str(faq), "--language", "fr", "--ttl", "100")
+    result = cli(redis_url, str(faq), "--language", "fr", "--ttl", "100", "--tenant", "acme")
     assert result.returncode == 0, result.stderr
+    assert "for tenant acme" in result.stdout
     k = answer_cache.key_for("What are your opening hours?", system_prompt=settings.llm_system_prompt,
-                             model=settings.llm_model, language="fr")
+                             model=settings.llm_model, language="fr", tenant="acme")
     assert 90 <= conn.ttl(k) <= 100
+    assert answer_cache.get(conn, answer_cache.key_for(
+        "What are your opening hours?", system_prompt=settings.llm_system_prompt, model=settings.llm_model,
+        language="fr", tenant="other")) is None
+
+
+def test_cli_wants_a_scope_named(conn: redis.Redis, redis_url: str, tmp_path: Path) -> None:
+    faq = write(tmp_path / "faq.yaml", "- question: Hi\n  answer: Hello.\n")
+    for args, message in [((), "one of the arguments --tenant --global is required"),
+                          (("--tenant", "a", "--global"), "not allowed with argument"),
+                          (("--tenant", "bad name!"), "a tenant name is")]:
+        result = cli(redis_url, str(faq), *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+    assert conn.dbsize() == 0
+
+
+def test_tenant_answers_stay_with_their_tenant_and_global_ones_serve_all(conn: redis.Redis) -> None:
+    mine, theirs, shared = key("Where is my order?", tenant="a"), key("Where is my order?", tenant="b"), \
+        key("Where is my order?")
+    assert len({mine, theirs, shared}) == 3
+    assert mine.startswith("vq:answer:t.a:") and shared.startswith("vq:answer:global:")
+    assert key("Where is my order?", tenant="global") != shared  # a tenant named "global" is still a tenant
+    answer_cache.put(conn, mine, "Order 17 ships tomorrow.", ttl_s=60)
+    assert answer_cache.lookup(conn, mine) == "Order 17 ships tomorrow."
+    assert answer_cache.lookup(conn, theirs) is None
+    answer_cache.put(conn, shared, "Let me look that up.", ttl_s=60)
+    assert answer_cache.lookup(conn, theirs) == "Let me look that up."
+    assert answer_cache.lookup(conn, mine) == "Order 17 ships tomorrow."  # the tenant's own comes first
+    assert answer_cache.lookup(conn, shared) == "Let me look that up."
+
+
+def test_paraphrase_looks_in_the_tenant_index_then_the_global_one(conn: redis.Redis, tmp_path: Path) -> None:
+    import numpy as np
+
+    vectors = {"When are you open?": np.array([1.0, 0.0], dtype=np.float32),
+               "Where is my parcel?": np.array([0.0, 1.0], dtype=np.float32)}
+    own = write(tmp_path / "a.yaml", "- question: When are you open?\n  answer: Acme opens at seven.\n")
+    common = write(tmp_path / "g.yaml", "- question: When are you open?\n  answer: Nine to six.\n"
+                                        "- question: Where is my parcel?\n  answer: Let me check.\n")
+    scope = {"system_prompt": "p", "model": "m", "languages": ["en"], "ttl_s": 60, "embed": vectors.__getitem__}
+    answer_cache.load_faq(conn, own, tenant="a", **scope)  # type: ignore[arg-type]
+    answer_cache.load_faq(conn, common, tenant=answer_cache.GLOBAL, **scope)  # type: ignore[arg-type]
+    calls = []
+
+    def find(tenant: str, vector: np.ndarray) -> str | None:  # type: ignore[type-arg]
+        index = answer_cache.index_for(system_prompt="p", model="m", language="en", tenant=tenant)
+        found = answer_cache.paraphrase(conn, index, lambda: calls.append(1) or vector, 0.9)
+        return found[0] if found else None
+
+    assert find("a", vectors["When are you open?"]) == "Acme opens at seven."
+    assert find("b", vectors["When are you open?"]) == "Nine to six."
+    assert find("a", vectors["Where is my parcel?"]) == "Let me check."
+    conn.flushdb()
+    calls.clear()
+    assert find("a", vectors["Where is my parcel?"]) is None and calls == []  # no index: no embedding
 
 
 def test_cli_bad_file_exits_2_with_a_clear_message(conn: redis.Redis, redis_url: str, tmp_path: Path) -> None:
     faq = write(tmp_path / "faq.jsonl", '{"question": "Hi"}\n')
-    result = cli(redis_url, str(faq))
+    result = cli(redis_url, str(faq), "--global")
     assert result.returncode == 2
     assert "line 1: 'answer' must be non-empty text" in result.stderr and str(faq) in result.stderr
     assert "Traceback" not in result.stderr

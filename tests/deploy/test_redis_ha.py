@@ -1,0 +1,98 @@
+"""The optional Redis failover deployments, checked without Docker or a cluster: compose's "ha"
+profile and the k8s "ha" overlay run a primary, a replica and three Sentinels, and point every
+voicequeue process at the Sentinels with names that exist.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from shared.config import CommonSettings
+from shared.connection import sentinel_addresses
+from tests.conftest import REPO
+from tests.deploy.test_compose import COMPOSE, SERVICES
+from tests.deploy.test_k8s import containers, objects
+
+MASTER = CommonSettings().redis_sentinel_master
+SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
+
+
+def start_script(command: list[str], data: Path) -> None:
+    """Run a Sentinel container's start script in a shell, with `data` as its /data and no redis-sentinel."""
+    data.mkdir(parents=True, exist_ok=True)
+    script = command[2].replace("/data", str(data)).replace("exec redis-sentinel", "true")
+    subprocess.run(["sh", "-c", script], check=True, timeout=10)
+
+
+def sentinel_conf(command: list[str], tmp: Path) -> dict[str, list[str]]:
+    """The config a Sentinel's start script writes: {directive: [arguments of each occurrence]}."""
+    start_script(command, tmp)
+    out: dict[str, list[str]] = {}
+    for line in (tmp / "sentinel.conf").read_text().splitlines():
+        words = line.split()
+        key = " ".join(words[:2]) if words[0] == "sentinel" else words[0]
+        out.setdefault(key, []).append(" ".join(words[2:] if words[0] == "sentinel" else words[1:]))
+    return out
+
+
+def test_compose_ha_profile_has_a_replica_and_three_sentinels(tmp_path: Path) -> None:
+    ha = {n for n, s in SERVICES.items() if "ha" in s.get("profiles", [])}
+    assert ha == {"redis-replica", *SENTINELS}
+    replica = SERVICES["redis-replica"]["command"]
+    assert replica[replica.index("--replicaof") + 1:][:2] == ["redis", "6379"]
+    assert replica[replica.index("--appendonly") + 1] == "yes"
+    volumes = set()
+    for name in SENTINELS:
+        svc = SERVICES[name]
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+        volumes.update(v.split(":")[0] for v in svc["volumes"])
+        conf = sentinel_conf(svc["command"], tmp_path / name)
+        (monitor,) = conf["sentinel monitor"]
+        master, host, port, quorum = monitor.split()
+        assert (master, host, port) == (MASTER, "redis", "6379")
+        assert int(quorum) == 2  # a majority of three: one Sentinel alone never fails over
+        assert conf["port"] == ["26379"]
+        assert conf["sentinel announce-hostnames"] == ["yes"]  # container IPs change on restart
+        assert int(conf["sentinel down-after-milliseconds"][0].split()[1]) >= 1000
+        # Restarted with its config kept: the script does not overwrite a Sentinel's rewritten file.
+        (tmp_path / name / "sentinel.conf").write_text("kept\n")
+        start_script(svc["command"], tmp_path / name)
+        assert (tmp_path / name / "sentinel.conf").read_text() == "kept\n"
+    assert len(volumes) == 3 and volumes <= set(COMPOSE["volumes"]), "each Sentinel keeps its own config"
+
+
+def test_compose_documents_the_sentinel_setting_with_real_service_names() -> None:
+    header = (REPO / "docker-compose.yml").read_text()
+    value = re.search(r"VQ_REDIS_SENTINELS=(\S+)", header)
+    assert value, "the compose file says how to point the services at the Sentinels"
+    addresses = sentinel_addresses(value.group(1))
+    assert [h for h, _ in addresses] == list(SENTINELS) and {p for _, p in addresses} == {26379}
+    for name in ("gateway", "asr", "asr-batch", "llm", "tts"):
+        assert ".env" in SERVICES[name]["env_file"], f"{name} does not read .env, where the setting goes"
+
+
+def test_k8s_ha_overlay_runs_a_primary_a_replica_and_three_sentinels() -> None:
+    sets = objects("ha", "StatefulSet")
+    assert sets["redis"]["spec"]["replicas"] == 2 and sets["redis-sentinel"]["spec"]["replicas"] == 3
+    services = objects("ha", "Service")
+    for name, service in (("redis", "redis-nodes"), ("redis-sentinel", "redis-sentinel")):
+        assert sets[name]["spec"]["serviceName"] == service and services[service]["spec"]["clusterIP"] == "None"
+    (redis_c,) = containers(sets["redis"])
+    assert "--appendonly" in redis_c["command"] and redis_c["command"][1] == "/conf/redis.conf"
+    config = objects("ha", "ConfigMap")
+    app = config["voicequeue-config"]["data"]
+    scripts = config["redis-ha"]["data"]
+    assert app["VQ_REDIS_SENTINEL_MASTER"] == scripts["MASTER"]
+    addresses = sentinel_addresses(app["VQ_REDIS_SENTINELS"])
+    assert addresses == [(f"redis-sentinel-{i}.redis-sentinel", 26379) for i in range(3)]
+    assert "sentinel monitor $MASTER $primary 6379 2" in scripts["sentinel-init.sh"]
+    for script in ("find-primary.sh", "redis-init.sh", "sentinel-init.sh"):
+        subprocess.run(["sh", "-n", "-c", scripts[script]], check=True, timeout=10)
+    pdbs = objects("ha", "PodDisruptionBudget")
+    assert pdbs["redis-sentinel"]["spec"]["maxUnavailable"] == 1  # two of three keep the quorum
+    # KEDA reads list lengths from any Redis node; the pods write through the Sentinels.
+    secret = objects("ha", "Secret")["voicequeue-redis"]
+    assert {"url", "address", "password"} <= set(secret["data"])
+    assert int(app["VQ_REDIS_WAIT_TIMEOUT_MS"]) > 0

@@ -1,0 +1,61 @@
+"""A server run through `shared.child` goes when its parent goes, even on SIGKILL, and its output is logged."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+
+PARENT = textwrap.dedent("""
+    import logging, sys
+    from shared import child
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(message)s")
+    proc = child.start([sys.executable, "-c", "import time; print('child up', flush=True); time.sleep(300)"],
+                       {}, logging.getLogger("server"))
+    print("pid", proc.pid, flush=True)
+    sys.exit(child.supervise(proc))
+""")
+
+
+def _start_parent() -> tuple[subprocess.Popen[str], int]:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True,
+                              cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert parent.stdout is not None
+    line = parent.stdout.readline()
+    assert line.startswith("pid "), line
+    return parent, int(line.split()[1])
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_child_dies_when_its_parent_is_killed() -> None:
+    parent, pid = _start_parent()
+    try:
+        assert psutil.pid_exists(pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        assert _gone(pid, 5), "the server outlived its SIGKILLed parent"
+    finally:
+        if psutil.pid_exists(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_is_forwarded_and_output_logged() -> None:
+    parent, pid = _start_parent()
+    assert parent.stdout is not None
+    assert parent.stdout.readline().strip() == "server child up"
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(10) == 128 + signal.SIGTERM
+    assert _gone(pid, 5)
