@@ -6,6 +6,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared shared
 COPY services services
+COPY voicequeue voicequeue
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir ".[asr]"
 
 FROM python:3.11.7-slim-bookworm

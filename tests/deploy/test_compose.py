@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,11 @@ import pytest
 import yaml
 
 from services.gateway.config import GatewaySettings
-from shared.cli.main import parser
 from shared.config import CommonSettings
 from tests.conftest import REPO
 from tests.deploy.conftest import DEPLOY, WORKERS
 from tests.stack import VENV_BIN
+from voicequeue.cli import parser
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
@@ -85,8 +86,11 @@ def test_compose_is_valid_against_the_compose_spec_schema() -> None:
 
 
 def test_the_stack_has_every_service() -> None:
-    assert set(SERVICES) == {"redis", "gateway", "asr", "asr-batch", "llm", "tts", "llm-server", "prometheus",
-                             "grafana"}
+    assert {n for n, s in SERVICES.items() if "profiles" not in s} == {
+        "redis", "gateway", "asr", "asr-batch", "llm", "tts", "llm-server", "prometheus", "grafana"}
+    # Optional: Redis with failover (tests/deploy/test_redis_ha.py).
+    assert {n for n, s in SERVICES.items() if "profiles" in s} == {"redis-replica", "sentinel-1", "sentinel-2",
+                                                                   "sentinel-3"}
     redis = SERVICES["redis"]
     assert re.match(r"redis:7\.\d+\.\d+", redis["image"])
     assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
@@ -138,7 +142,7 @@ def test_commands_are_real_voicequeue_commands(service: str) -> None:
     assert command[0] == "voicequeue"
     assert (VENV_BIN / "voicequeue").exists(), "the voicequeue console script is not installed"
     args = parser().parse_args(command[1:])  # exits (SystemExit) on an unknown command
-    assert args.fn.__module__ == "shared.cli.main"
+    assert args.fn.__module__ == "voicequeue.cli"
     if command[1] == "worker":
         importlib.import_module(f"services.{command[2]}.worker").main  # noqa: B018
     # The image runs the same command by default.
@@ -188,6 +192,16 @@ def test_dockerfiles_are_multistage_pinned_non_root_and_health_checked(service: 
     cmd = json.loads(exec_form.group(1))
     assert cmd == SERVICES[service]["healthcheck"]["test"][1:], "image and compose health checks differ"
     assert any(op == "COPY" and "healthcheck.py" in args for op, args in final)
+
+
+@pytest.mark.parametrize("service", OURS)
+def test_dockerfiles_copy_every_package_the_project_installs(service: str) -> None:
+    """`pip install .` in the image finds only what was copied: a missing package (say the CLI's) breaks
+    the `voicequeue` command every container runs."""
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    copied = {args.split()[0] for op, args in instructions(dockerfile(service)) if op == "COPY"}
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
 
 
 def test_grafana_is_provisioned_with_the_dashboard() -> None:

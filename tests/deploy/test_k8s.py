@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from shared import queues
-from shared.cli.main import parser
 from shared.config import CommonSettings
 from tests.deploy.conftest import DEPLOY, WORKERS, tool
 from tests.deploy.test_compose import PORT_SETTING, settings_fields
+from voicequeue.cli import parser
 
 OVERLAYS = sorted(p.name for p in (DEPLOY / "k8s/overlays").iterdir() if (p / "kustomization.yaml").exists())
 K8S_VERSION = "1.30.0"
@@ -81,7 +81,7 @@ def test_deployments_have_probes_resources_pdbs_and_real_settings(overlay: str) 
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{name}: {kind} missing"
             args = parser().parse_args(c["command"][1:])
-            assert c["command"][0] == "voicequeue" and args.fn.__module__ == "shared.cli.main"
+            assert c["command"][0] == "voicequeue" and args.fn.__module__ == "voicequeue.cli"
             service = name.split("-")[0] if name in POOLS else name
             fields = settings_fields(service)
             env = {e["name"]: e.get("value") for e in c["env"]}

@@ -145,7 +145,7 @@ def test_image_health_checks_pass_against_live_services(deploy_stack: Stack) -> 
     script = str(DEPLOY / "docker/healthcheck.py")
     checks = {"gateway": ("VQ_GATEWAY_PORT", "/healthz"), "asr": ("VQ_ASR_METRICS_PORT", "/"),
               "llm": ("VQ_LLM_METRICS_PORT", "/"), "tts": ("VQ_TTS_METRICS_PORT", "/"),
-              "llm-server": ("VQ_LLM_SERVER_PORT", "/openapi.json")}
+              "llm-server": ("VQ_LLM_SERVER_PORT", "/health")}
     for service, (var, path) in checks.items():
         ok = subprocess.run([sys.executable, script, var, "1", path], env=deploy_stack.env, capture_output=True)
         assert ok.returncode == 0, (service, ok.stderr)
