@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import redis
 import websockets
@@ -20,6 +21,7 @@ from shared import jobs
 from shared.textnorm import wer
 from tests.gateway.call_helpers import Events, Mic, audio_of, sdk_call
 from tests.gateway.test_realtime import (
+    CLIP,
     RATE,
     ask_for_a_long_reply,
     call_record,
@@ -243,3 +245,78 @@ def test_session_instructions_go_with_the_calls_reply_jobs(stack: Stack) -> None
     plain = httpx.get(f"{stack.base_url}/v1/jobs/{reply_job(stack, plain_call, 0)}", timeout=30).json()
     assert instructed["options"]["instructions"] == ZEBRA
     assert plain["options"].get("instructions") is None
+
+
+def eager_count(stack: Stack, outcome: str) -> float:
+    return stack.metric("gateway", "voicequeue_call_eager_replies_total", transport="realtime", outcome=outcome)
+
+
+def test_the_reply_started_at_the_final_pause_is_the_one_sent(stack: Stack, speech: Path,
+                                                              references: dict[str, dict[str, str]]) -> None:
+    """Eager end of turn: the reply is submitted when the caller pauses, before the silence window ends the
+    turn; when the turn does end there, that reply (same words, same history) is the one the caller hears."""
+    from tests.gateway.call_helpers import pcm
+
+    adopted_before = eager_count(stack, "adopted")
+
+    async def run() -> tuple[str, str]:
+        async with sdk_call(stack.base_url) as (conn, events):
+            call_id = str(events.of("session.created")[0]["session"]["id"])
+            mic = Mic(send_pcm(conn), RATE * 2).start()
+            try:
+                await mic.play(pcm(speech / CLIP, RATE, lead_s=0.3))
+                _, heard = await events.type("conversation.item.input_audio_transcription.completed", 120)
+                _, done = await events.type("response.done", 600)
+            finally:
+                mic.stop()
+            assert done["response"]["status"] == "completed", done
+            assert len(events.of("response.created")) == 1
+            return call_id, str(heard["transcript"])
+
+    call_id, heard = asyncio.run(run())
+    assert wer(references[CLIP]["transcript"], heard) <= 0.2, heard
+    turn = call_record(stack, call_id)["turns"][0]
+    assert turn["eager"] is True, turn
+    reply = httpx.get(f"{stack.base_url}/v1/jobs/{turn['reply_job_id']}", timeout=30).json()
+    assert reply["inputs"]["text"] == heard and reply["status"] == "done", reply
+    assert eager_count(stack, "adopted") - adopted_before == 1
+
+
+def test_an_early_reply_is_dropped_when_the_caller_goes_on(stack: Stack, stack_redis: redis.Redis, speech: Path,
+                                                           references: dict[str, dict[str, str]]) -> None:
+    """The caller pauses 0.3 s mid-sentence (shorter than the 0.5 s silence window) and goes on: the reply
+    started at that pause is cancelled, no job of it is left, and the one reply sent answers the whole
+    sentence."""
+    from tests.gateway.call_helpers import pcm
+
+    clip = "en_short/librispeech-61-70968-0000.flac"
+    audio = pcm(speech / clip, RATE)
+    samples = np.frombuffer(audio, dtype=np.int16)
+    third = len(samples) // 3
+    cut = 2 * (third + int(np.argmax(np.abs(samples[third:2 * third]))))  # inside a word: no pause of its own
+    paused = audio[:cut] + bytes(2 * int(0.3 * RATE)) + audio[cut:]
+    dropped_before = eager_count(stack, "dropped")
+
+    async def run() -> tuple[str, str]:
+        async with sdk_call(stack.base_url) as (conn, events):
+            call_id = str(events.of("session.created")[0]["session"]["id"])
+            mic = Mic(send_pcm(conn), RATE * 2).start()
+            try:
+                await mic.play(bytes(2 * int(0.3 * RATE)) + paused)
+                _, heard = await events.type("conversation.item.input_audio_transcription.completed", 120)
+                _, done = await events.type("response.done", 600)
+            finally:
+                mic.stop()
+            assert done["response"]["status"] == "completed", done
+            assert len(events.of("input_audio_buffer.speech_stopped")) == 1
+            assert len(events.of("response.created")) == 1
+            return call_id, str(heard["transcript"])
+
+    call_id, heard = asyncio.run(run())
+    assert wer(references[clip]["transcript"], heard) <= 0.3, heard
+    assert eager_count(stack, "dropped") - dropped_before >= 1
+    turn = call_record(stack, call_id)["turns"][0]
+    reply = httpx.get(f"{stack.base_url}/v1/jobs/{turn['reply_job_id']}", timeout=30).json()
+    assert reply["inputs"]["text"] == heard, reply
+    time.sleep(1.0)
+    assert queued_for_call(stack_redis, call_id) == []

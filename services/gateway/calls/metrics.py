@@ -13,3 +13,7 @@ BARGE_INS = Counter("voicequeue_call_barge_ins", "Replies the caller interrupted
 FALSE_STARTS = Counter("voicequeue_call_vad_false_starts",
                        "Sounds shorter than the minimum speech duration (not a turn, no interruption).", ["transport"])
 ENDS = Counter("voicequeue_call_ends", "Calls ended, by reason.", ["transport", "reason"])
+EAGER = Counter("voicequeue_call_eager_replies",
+                "Replies started at a pause before the turn ended: adopted (the turn ended there), dropped (the "
+                "caller went on) or stale (the words or history had changed by the end of the turn).",
+                ["transport", "outcome"])

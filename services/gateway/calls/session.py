@@ -121,6 +121,18 @@ class Response:
         return min(self.item.sent_ms, self.play_base_ms + (now - self.play_base_at) * 1000)
 
 
+@dataclass(eq=False)
+class Eager:
+    """A reply started at a pause inside the caller's speech, before the silence window has ended their turn.
+    It is used only if the turn ends at that same pause with the same words and history (`key`); if the caller
+    goes on, it is cancelled."""
+
+    pause_ms: int
+    piece: asyncio.Task[pipeline.Transcript] | None  # the audio since the last cut, transcribed on spec
+    piece_end: int  # where that piece ends (samples on the endpointer's clock)
+    task: asyncio.Task[tuple[str, tuple[Any, ...]] | None] | None = None  # (reply job id, key) once submitted
+
+
 class CallSession:
     def __init__(self, *, conn: redis.Redis, aconn: aioredis.Redis, settings: GatewaySettings, tenant: str,
                  send: Send, transport: str, model: str = "voicequeue-realtime") -> None:
@@ -144,6 +156,8 @@ class CallSession:
         self.cost: dict[str, float] = {"audio_in_s": 0.0, "audio_out_s": 0.0}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._jobs: set[str] = set()  # transcription pieces submitted and not yet answered
+        self.eager: Eager | None = None  # started at the current utterance's latest pause
+        self._eagers: set[Eager] = set()  # every eager reply not yet sent or discarded
         self._reset_input()
 
     # ---- audio in ---------------------------------------------------------------------------------------
@@ -200,6 +214,7 @@ class CallSession:
             await self._save()
             return
         if kind == "started":
+            self._drop_eager("dropped")
             self.last_activity = time.monotonic()
             start = max(ms - vad.prefix_padding_ms, 0) * VAD_RATE // 1000
             item_id = protocol.new_id("item")
@@ -218,10 +233,16 @@ class CallSession:
             if length >= self.settings.call_asr_piece_min_s * VAD_RATE:
                 self._submit_piece(ms + vad.pause_ms // 2)
                 self.utterance["cut_at_pause_ms"] = ms
+            if self.settings.call_eager_reply and self.config.create_response:
+                self._start_eager(ms + vad.pause_ms // 2, ms)
+            return
+        if kind == "resumed":
+            self._drop_eager("dropped")
             return
         if kind == "stopped":
             self.last_activity = time.monotonic()
             utterance = self.utterance
+            self._adopt_eager_piece(ms)
             if utterance.get("cut_at_pause_ms") != ms:  # else nothing but silence followed the last cut
                 self._submit_piece(ms + min(vad.silence_duration_ms, 300))
             self.utterance = None
@@ -245,8 +266,100 @@ class CallSession:
         self._jobs.add(job_id)
         try:
             return await pipeline.transcript(self.aconn, job_id, self.settings.call_step_timeout_s)
+        except asyncio.CancelledError:
+            self._cancel_job(job_id)  # nobody will read it
+            raise
         finally:
             self._jobs.discard(job_id)
+
+    # ---- eager end of turn ------------------------------------------------------------------------------
+
+    def _start_eager(self, end_ms: int, pause_ms: int) -> None:
+        """At a pause: transcribe what was not cut yet and submit the reply the turn would get if it ended here."""
+        assert self.utterance is not None
+        self._drop_eager("dropped")
+        utterance = self.utterance
+        end = min(end_ms * VAD_RATE // 1000, self._samples_now())
+        piece = None
+        if end - utterance["piece_start"] >= VAD_RATE // 10:
+            piece = self._spawn(self._transcribe(self._slice(utterance["piece_start"], end)))
+        eager = Eager(pause_ms, piece, end)
+        self._eagers.add(eager)
+        pieces = [*utterance["pieces"], *([piece] if piece else [])]
+        eager.task = self._spawn(self._eager_reply(pieces))
+        self.eager = eager
+
+    async def _eager_reply(self, pieces: list[asyncio.Task[pipeline.Transcript]]
+                           ) -> tuple[str, tuple[Any, ...]] | None:
+        words = " ".join(t.text for t in [await p for p in pieces] if t.text).strip()
+        if not words:
+            return None
+        earlier, history = self.history()
+        text = f"{earlier} {words}".strip()
+        key = self._reply_key(text, history)
+        try:
+            job_id = await self._submit(lambda: pipeline.submit_reply(
+                self.conn, self.settings, text, history=history, tenant=self.tenant, language=self.config.language,
+                voice=self.config.voice, call_id=self.id, instructions=self.config.instructions))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # refused (a full queue, Redis): the turn's own reply tries again at its end
+            log.debug("eager reply not submitted", exc_info=True, extra={"call_id": self.id})
+            return None
+        return job_id, key
+
+    def _reply_key(self, text: str, history: list[dict[str, str]]) -> tuple[Any, ...]:
+        c = self.config
+        return text, repr(history), c.instructions, c.voice, c.language
+
+    def _adopt_eager_piece(self, stop_ms: int) -> None:
+        """The turn ended at the pause the eager reply started at: its piece is the utterance's last."""
+        eager, utterance = self.eager, self.utterance
+        if eager is None or utterance is None or eager.pause_ms != stop_ms:
+            self._drop_eager("dropped")
+            return
+        if eager.piece is not None:
+            utterance["pieces"].append(eager.piece)
+        utterance["piece_start"] = max(utterance["piece_start"], eager.piece_end)
+        utterance["cut_at_pause_ms"] = stop_ms
+        utterance["eager"], self.eager = eager, None
+
+    def _drop_eager(self, outcome: str) -> None:
+        eager, self.eager = self.eager, None
+        if eager is None:
+            return
+        if eager.piece is not None:
+            eager.piece.cancel()
+        self._discard_eager_reply(eager, outcome)
+
+    def _discard_eager_reply(self, eager: Eager, outcome: str) -> None:
+        self._eagers.discard(eager)
+        task = eager.task
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()  # not submitted yet, or being submitted: `_submit` cancels the job it makes
+        elif not task.cancelled() and task.exception() is None and (result := task.result()) is not None:
+            self._cancel_job(result[0])
+        else:
+            return
+        metrics.EAGER.labels(self.transport, outcome).inc()
+
+    async def _eager_job(self, eager: Eager, text: str, history: list[dict[str, str]]) -> str | None:
+        """The eager reply's job id if it answers exactly (`text`, `history`) as things stand now; else cancel it."""
+        task = eager.task
+        if task is None:
+            return None
+        await asyncio.wait({task})
+        if task.cancelled() or task.exception() is not None or (result := task.result()) is None:
+            return None
+        job_id, key = result
+        if key != self._reply_key(text, history):
+            self._discard_eager_reply(eager, "stale")
+            return None
+        self._eagers.discard(eager)
+        metrics.EAGER.labels(self.transport, "adopted").inc()
+        return job_id
 
     async def _submit(self, submit: Callable[[], str]) -> str:
         """Submit a job from a thread. If the call's task is cancelled meanwhile (a barge-in, the call ending),
@@ -260,9 +373,11 @@ class CallSession:
 
     def _cancel_orphan(self, future: asyncio.Future[str]) -> None:
         if not future.cancelled() and future.exception() is None:
-            # Not a call task: ending the call cancels those, and this must still run.
-            asyncio.get_running_loop().run_in_executor(None, pipeline.cancel, self.conn, self.settings,
-                                                       future.result())
+            self._cancel_job(future.result())
+
+    def _cancel_job(self, job_id: str) -> None:
+        # Not a call task: ending the call cancels those, and this must still run.
+        asyncio.get_running_loop().run_in_executor(None, pipeline.cancel, self.conn, self.settings, job_id)
 
     async def commit(self, event_id: str | None = None) -> None:
         """input_audio_buffer.commit: the audio since the last commit is a user turn (turn detection off, or
@@ -275,6 +390,7 @@ class CallSession:
         utterance = self.utterance or {"item_id": protocol.new_id("item"), "start_ms": start * 1000 // VAD_RATE,
                                        "piece_start": start, "pieces": [], "started_at": time.time()}
         self.utterance = utterance
+        self._drop_eager("dropped")
         self._submit_piece(self._samples_now() * 1000 // VAD_RATE + 1)
         self.utterance = None
         self._drop_audio()
@@ -303,16 +419,22 @@ class CallSession:
                 "asr_pieces": len(pieces),
                 "latency": {"asr_after_end_s": round(asr_done - utterance["stopped_at"], 3)}}
         self.turns.append(turn)
+        eager = utterance.get("eager")
         if not text:
             turn["skipped"] = "no words recognised"
+            if eager is not None:
+                self._discard_eager_reply(eager, "stale")
             await self._save()
             return
         if auto and self.config.create_response:
-            await self.create_response(turn=turn, speech_end=utterance["stopped_at"])
+            await self.create_response(turn=turn, speech_end=utterance["stopped_at"], eager=eager)
         else:
+            if eager is not None:
+                self._discard_eager_reply(eager, "stale")
             await self._save()
 
     async def clear(self) -> None:
+        self._drop_eager("dropped")
         self.buffer_in_ms = 0.0
         self.utterance = None
         self._drop_audio()
@@ -358,17 +480,25 @@ class CallSession:
         return " ".join(new).strip(), merged[-limit:] if limit else []
 
     async def create_response(self, turn: dict[str, Any] | None = None, speech_end: float | None = None,
-                              speak: str | None = None) -> None:
-        """Answer the caller's latest words (or speak `speak` as it is: greeting, goodbye)."""
+                              speak: str | None = None, eager: Eager | None = None) -> None:
+        """Answer the caller's latest words (or speak `speak` as it is: greeting, goodbye). `eager`: a reply
+        already started at the pause the turn ended at, used if it answers the same words and history."""
         await self.interrupt("superseded")
         text, history = self.history()
         if speak is None and not text:
+            if eager is not None:
+                self._discard_eager_reply(eager, "stale")
             await self.emit_error("no_input", "there is nothing to respond to: the last item is not the caller's")
             return
+        job_id = None
+        if eager is not None:
+            job_id = await self._eager_job(eager, text, history) if speak is None else None
+            if turn is not None:
+                turn["eager"] = job_id is not None
         if turn is None and speak is None and self.turns and "assistant" not in self.turns[-1]:
             turn = self.turns[-1]  # the caller's typed words (conversation.item.create) this answers
         item = Item(protocol.new_id("item"), "assistant", "", time.time(), audio=True)
-        response = Response(protocol.new_id("resp"), item, turn=turn)
+        response = Response(protocol.new_id("resp"), item, job_id=job_id, turn=turn)
         self.response = response
         self.items.append(item)
         await self.emit("response.created", response=protocol.response(response.id, "in_progress", []))
@@ -381,14 +511,13 @@ class CallSession:
         item, fmt = response.item, self.config.output_format
         ids = {"response_id": response.id, "item_id": item.id, "output_index": 0, "content_index": 0}
         submitted = time.monotonic()
-        if speak is None:
-            response.job_id = await self._submit(lambda: pipeline.submit_reply(
+        if response.job_id is None:  # (else the eager reply, under way already)
+            response.job_id = await self._submit((lambda: pipeline.submit_reply(
                 self.conn, self.settings, text, history=history, tenant=self.tenant, language=self.config.language,
-                voice=self.config.voice, call_id=self.id, instructions=self.config.instructions))
-        else:
-            response.job_id = await self._submit(lambda: pipeline.submit_speech(
-                self.conn, self.settings, speak, tenant=self.tenant, language=self.config.language,
-                voice=self.config.voice, call_id=self.id))
+                voice=self.config.voice, call_id=self.id, instructions=self.config.instructions)) if speak is None
+                else (lambda: pipeline.submit_speech(
+                    self.conn, self.settings, speak, tenant=self.tenant, language=self.config.language,
+                    voice=self.config.voice, call_id=self.id)))
         if response.turn is not None:
             response.turn["reply_job_id"] = response.job_id
         await self._save()
@@ -693,6 +822,9 @@ class CallSession:
         if self.end_reason is not None:
             return
         self.end_reason = reason
+        self._drop_eager("dropped")
+        for eager in list(self._eagers):  # adopted by a turn whose reply had not started yet
+            self._discard_eager_reply(eager, "dropped")
         response, self.response = self.response, None
         if response is not None and not response.done:
             response.done = True

@@ -71,8 +71,9 @@ class VadParams:
 
 @dataclass
 class VadEvent:
-    kind: str  # started, stopped, false_start, pause
-    ms: int  # started: speech onset; stopped: end of speech; false_start: onset; pause: where the pause began
+    kind: str  # started, stopped, false_start, pause, resumed
+    ms: int  # started: speech onset; stopped: end of speech; false_start: onset; pause: where the pause began;
+    # resumed: where speech came back after a pause
     duration_ms: int = 0  # false_start: how long the sound lasted
 
 
@@ -122,7 +123,10 @@ class Endpointer:
             return None
         if voiced or (not silent and self.silence_ms == 0):
             self.speech_ms += FRAME_MS
+            resumed = self.paused and self.state == "speaking"
             self.silence_ms, self.paused = 0, False
+            if resumed:
+                return VadEvent("resumed", start_ms)
         else:
             self.silence_ms += FRAME_MS
         if self.state == "pending":

@@ -44,7 +44,7 @@ def test_streamed_scores_equal_faster_whispers_whole_file_scores(speech: Path) -
 def test_one_utterance_one_start_and_one_stop(speech: Path) -> None:
     audio = decode_audio(str(speech / CLIP))
     events = run(pcm(np.concatenate([silence(1.0), audio, silence(1.5)])))
-    kinds = [e.kind for e in events if e.kind != "pause"]
+    kinds = [e.kind for e in events if e.kind not in ("pause", "resumed")]
     assert kinds == ["started", "stopped"], events
     started, stopped = events[0], next(e for e in events if e.kind == "stopped")
     # The clip's voice starts ~0.3 s in and ends ~0.1 s before its end.
@@ -61,6 +61,29 @@ def test_long_pause_splits_turns_and_pauses_are_reported(speech: Path) -> None:
     # Each stop is preceded by a pause report at the same place: where the audio may be cut for early ASR.
     stops = [e.ms for e in events if e.kind == "stopped"]
     assert all(any(e.kind == "pause" and e.ms == ms for e in events) for ms in stops)
+
+
+def loudest_in_middle(samples: np.ndarray) -> int:
+    """A cut point inside a word (the loudest sample of the middle third), so the only silence there is the
+    one inserted."""
+    third = len(samples) // 3
+    return third + int(np.argmax(np.abs(samples[third:2 * third])))
+
+
+def test_speech_after_a_pause_is_reported_as_resumed(speech: Path) -> None:
+    """A pause shorter than the silence window: a pause report, then `resumed` where the voice comes back, and
+    no stop (an eager reply started at the pause must be dropped there)."""
+    audio = decode_audio(str(speech / CLIP))
+    cut = loudest_in_middle(audio)
+    events = run(pcm(np.concatenate([silence(0.5), audio[:cut], silence(0.3), audio[cut:], silence(1.5)])))
+    kinds = [e.kind for e in events]
+    assert kinds.count("started") == 1 and kinds.count("stopped") == 1, events
+    pause = next(e for e in events if e.kind == "pause")
+    assert abs(pause.ms - (500 + cut / 16)) < 100, (pause, cut / 16)
+    resumed = events[kinds.index("pause") + 1]
+    assert resumed.kind == "resumed" and 200 <= resumed.ms - pause.ms < 500, events
+    # A pause with no resumption is where the turn ended.
+    assert events[-2].kind == "pause" and events[-1] == VadEvent("stopped", events[-2].ms), events
 
 
 def test_silence_duration_is_honoured(speech: Path) -> None:
