@@ -286,15 +286,16 @@ class CallSession:
         eager = Eager(pause_ms, piece, end)
         self._eagers.add(eager)
         pieces = [*utterance["pieces"], *([piece] if piece else [])]
-        eager.task = self._spawn(self._eager_reply(pieces))
+        # The history now, before this utterance is an item: once committed, its words would count twice.
+        eager.task = self._spawn(self._eager_reply(pieces, *self.history()))
         self.eager = eager
 
-    async def _eager_reply(self, pieces: list[asyncio.Task[pipeline.Transcript]]
-                           ) -> tuple[str, tuple[Any, ...]] | None:
-        words = " ".join(t.text for t in [await p for p in pieces] if t.text).strip()
+    async def _eager_reply(self, pieces: list[asyncio.Task[pipeline.Transcript]], earlier: str,
+                           history: list[dict[str, str]]) -> tuple[str, tuple[Any, ...]] | None:
+        # Shielded: dropping this reply must not cancel the pieces, which stay the utterance's.
+        words = " ".join(t.text for t in [await asyncio.shield(p) for p in pieces] if t.text).strip()
         if not words:
             return None
-        earlier, history = self.history()
         text = f"{earlier} {words}".strip()
         key = self._reply_key(text, history)
         try:
