@@ -25,6 +25,19 @@ def spoken(text: str) -> str:
     return zh_normalize.normalize(text).replace("幺", "一")
 
 
+def syllables(text: str) -> list[str]:
+    """The toneless pinyin syllables of a text as it is said (punctuation dropped)."""
+    from pypinyin import lazy_pinyin
+
+    return [s.lower() for s in lazy_pinyin(spoken(text)) if s.isascii() and s.isalpha()]
+
+
+def syllable_error_rate(reference: str, heard: str) -> float:
+    """Errors over the syllables said: what a listener hears. CER also counts which of several homophones
+    whisper wrote (达摩 and 大魔 are both "da mo"), which says nothing about the voice."""
+    return textnorm.wer(" ".join(syllables(reference)), " ".join(syllables(heard)))
+
+
 def spoken_cer(reference: str, heard: str) -> float:
     return textnorm.cer(spoken(reference), spoken(heard))
 

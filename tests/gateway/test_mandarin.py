@@ -20,7 +20,7 @@ from services.tts.engines.base import Speech
 from shared import languages, models, textnorm
 from shared.config import CommonSettings
 from tests.gateway.helpers import wait_finished
-from tests.zh import hear, simplified_only, spoken_cer, traditional_only
+from tests.zh import hear, simplified_only, spoken_cer, syllable_error_rate, traditional_only
 
 CLIPS = ["zh/aishell1_BAC009S0724W0121.wav", "zh/aishell1_BAC009S0764W0121.wav", "zh/funasr_asr_example.wav"]
 
@@ -129,4 +129,6 @@ def test_mandarin_voice_turn_end_to_end(client: httpx.Client, speech: Path, whis
     assert tts["engine"] == "kokoro" and tts["voice"] == "jm_kumo" and tts["sample_rate"] == 24000
     assert all(c["engine"] == "kokoro" for c in tts["chunks"])
     heard = hear(whisper_base, wav_speech(r.content))
-    assert spoken_cer(reply, heard) <= 0.25, (reply, heard)
+    # Syllables, not characters: a reply naming 达摩院 came back as 大魔院 (same sound) and failed a CER
+    # bound. The voice's CER against the bar is tests/tts/test_kokoro.py's job.
+    assert syllable_error_rate(reply, heard) <= 0.25, (reply, heard, spoken_cer(reply, heard))
