@@ -3,7 +3,8 @@
 Against the real stack (its own Redis, LLM at temperature 0), with the raw engines measured in the same run.
 
 - **Voice-to-voice**: each short English clip streams at real-time pace in 20 ms frames through the official
-  `openai` SDK; from the clip's last voiced frame (by the same VAD, offline) to the first reply audio delta.
+  `openai` SDK; from the clip's last voiced frame (by the same VAD, offline) to the first reply audio delta
+  after the end of the clip's last turn (a pause over the silence window splits a clip into turns).
   Baseline: the VAD silence window (500 ms) + raw faster-whisper on the whole clip + raw LLM time to the first
   sentence + raw piper time for that sentence (`bench.streaming.raw_first_audio`). Target: median ratio <= 0.9.
 - **Barge-in stop latency**: a long reply is asked for; 0.6 s after its first audio an utterance streams in;
@@ -22,6 +23,7 @@ import base64
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +98,30 @@ def stall_s(deltas: list[tuple[float, int]]) -> float:
     return worst
 
 
+async def final_stop(events: Events, after: float, timeout_s: float) -> int:
+    """The index of the first `speech_stopped` that arrived after `after` (the clip's last voiced frame): the end
+    of its last turn. A clip with a pause longer than the silence window is several turns, and the replies
+    to the earlier ones (cut off by the next) would otherwise be timed against the clip's end."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for i, (t, e) in enumerate(events.items):
+            if e.get("type") == "input_audio_buffer.speech_stopped" and t >= after:
+                return i
+        await asyncio.sleep(0.02)
+    raise TimeoutError("no speech_stopped after the clip's last voiced frame")
+
+
 async def one_turn(base_url: str, path: Path) -> dict[str, float]:
     _, end = voice_span(path)
     async with Call(base_url) as call:
         sent = await call.mic.play(pcm(path, RATE, tail_s=1.0))
-        t_first, first = await call.events.type("response.output_audio.delta", 600)
-        _, done = await call.events.wait(lambda e: e.get("type") == "response.done", 600)
+        stop = await final_stop(call.events, sent + end, 120)
+        t_first, first = await call.events.type("response.output_audio.delta", 600, after=stop)
+        _, done = await call.events.wait(lambda e: e.get("type") == "response.done"
+                                         and e["response"]["id"] == first["response_id"], 600)
         v2v = t_first - (sent + end)
-        return {"v2v": v2v, "stall": stall_s(call.deltas(first["response_id"])),
+        turns = len(call.events.of("input_audio_buffer.speech_stopped"))
+        return {"v2v": v2v, "stall": stall_s(call.deltas(first["response_id"])), "turns": float(turns),
                 "ok": float(done["response"]["status"] == "completed")}
 
 
@@ -156,7 +174,7 @@ def main() -> None:
             row["ratio"] = row["v2v"] / row["baseline"]
             rows.append(row)
             print(f"{path.name:42s} voice-to-voice {row['v2v']:.2f}s baseline {row['baseline']:.2f}s "
-                  f"ratio {row['ratio']:.3f}", flush=True)
+                  f"ratio {row['ratio']:.3f} turns {row['turns']:.0f}", flush=True)
         interruption = paths[0].parent / Path(INTERRUPTION).name
         barges = []
         for _ in range(args.barge_ins):
@@ -170,6 +188,8 @@ def main() -> None:
             return list(await asyncio.gather(*(one_turn(stack.base_url, p) for p in paths[:args.concurrency])))
 
         concurrent = asyncio.run(together())
+        eager = {o: stack.metric("gateway", "voicequeue_call_eager_replies_total", outcome=o)
+                 for o in ("adopted", "dropped", "stale")}
     print(f"\nmachine: {machine()}")
     show("single call, voice-to-voice", rows, ["baseline", "v2v", "ratio", "stall"])
     show("barge-in", barges, ["stop", "speech_started", "cancelled"])
@@ -178,6 +198,8 @@ def main() -> None:
           f"{statistics.median(r['ratio'] for r in rows):.3f} (target <= 0.9)")
     print(f"barge-in stop latency p95 {pct([b['stop'] for b in barges], 0.95) * 1000:.0f} ms (target <= 400 ms); "
           f"{sum(b['cancelled'] for b in barges):.0f}/{len(barges)} replies cancelled mid-production")
+    print("eager replies (started at a pause, before the silence window ended the turn): "
+          + ", ".join(f"{o} {n:.0f}" for o, n in eager.items()))
     stalls = sum(1 for r in concurrent if r["stall"] > 0.5)
     p50 = statistics.median(r["v2v"] for r in concurrent)
     print(f"{args.concurrency} concurrent calls: voice-to-voice p50 {p50:.2f}s"

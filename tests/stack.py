@@ -81,6 +81,9 @@ class Stack:
             "VQ_LLM_SERVER_PORT": str(self.ports["llm-server"]),
             "VQ_LLM_BASE_URL": llm_base_url or f"http://127.0.0.1:{self.ports['llm-server']}/v1",
             "VQ_LOG_JSON": "true",
+            # Off by default (it costs ASR and LLM work at every pause); the call tests and bench/realtime.py
+            # run with it on.
+            "VQ_CALL_EAGER_REPLY": os.environ.get("VQ_CALL_EAGER_REPLY", "true"),
             **(extra_env or {}),
         }
         if llm_base_url is None:

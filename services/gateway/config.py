@@ -127,9 +127,10 @@ class GatewaySettings(CommonSettings):
         "is this long, so little or nothing is left to transcribe when the silence window ends their turn.")
     call_asr_pause_ms: int = Field(200, description="A pause this long inside speech is where a piece may be cut.")
     call_eager_reply: bool = Field(
-        True, description="At such a pause, transcribe what is left and start the reply before the silence window "
+        False, description="At such a pause, transcribe what is left and start the reply before the silence window "
         "ends the turn; it is sent only if the turn ends at that pause with the same words, and is cancelled if the "
-        "caller goes on (LLM work thrown away, for a shorter wait after the caller stops).")
+        "caller goes on. Shortens the wait after the caller stops by up to 0.3 s, but costs ASR and LLM work at "
+        "every pause: off until it backs off under load (docs/calls.md).")
     call_step_timeout_s: float = Field(
         120.0, description="How long a call waits for the next event of a transcription or reply job before giving "
         "up on it (the job's whole run may take longer).")
