@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 import bench.pipeline  # noqa: E402
 from bench.pipeline import bench_stack, clips, machine, pct, warm  # noqa: E402
-from bench.streaming import forget_answers, raw_first_audio  # noqa: E402
+from bench.streaming import forget_answers, raw_first_audio, show  # noqa: E402
 from services.gateway.calls.vad import Endpointer  # noqa: E402
 from tests.gateway.call_helpers import Events, Mic, pcm  # noqa: E402
 
@@ -143,15 +143,6 @@ async def barge_in(base_url: str, interruption: Path) -> dict[str, float]:
                 "cancelled": float(done["response"]["status"] == "cancelled")}
 
 
-def show(title: str, rows: list[dict[str, float]], keys: list[str]) -> None:
-    print(f"\n{title} ({len(rows)})")
-    print(f"{'figure':30s} {'median':>9s} {'p95':>9s}")
-    for key in keys:
-        values = [r[key] for r in rows if key in r]
-        if values:
-            print(f"{key:30s} {statistics.median(values):9.3f} {pct(values, 0.95):9.3f}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--limit", type=int, default=15)
@@ -191,9 +182,9 @@ def main() -> None:
         eager = {o: stack.metric("gateway", "voicequeue_call_eager_replies_total", outcome=o)
                  for o in ("adopted", "dropped", "stale")}
     print(f"\nmachine: {machine()}")
-    show("single call, voice-to-voice", rows, ["baseline", "v2v", "ratio", "stall"])
-    show("barge-in", barges, ["stop", "speech_started", "cancelled"])
-    show(f"{args.concurrency} concurrent calls", concurrent, ["v2v", "stall"])
+    show("single call, voice-to-voice", rows, ["baseline", "v2v", "ratio", "stall"], "calls")
+    show("barge-in", barges, ["stop", "speech_started", "cancelled"], "calls")
+    show(f"{args.concurrency} concurrent calls", concurrent, ["v2v", "stall"], "calls")
     print(f"\nvoice-to-voice / (silence window + raw ASR + raw LLM first sentence + raw TTS of it): median "
           f"{statistics.median(r['ratio'] for r in rows):.3f} (target <= 0.9)")
     print(f"barge-in stop latency p95 {pct([b['stop'] for b in barges], 0.95) * 1000:.0f} ms (target <= 400 ms); "

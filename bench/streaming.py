@@ -94,8 +94,8 @@ def chat(client: httpx.Client, text: str) -> dict[str, float]:
     return follow_turn(client, lambda: client.post("/v1/chat", json={"text": text, "language": "en"}))
 
 
-def show(title: str, rows: list[dict[str, float]], keys: list[str]) -> None:
-    print(f"\n{title} ({len(rows)} turns)")
+def show(title: str, rows: list[dict[str, float]], keys: list[str], unit: str = "turns") -> None:
+    print(f"\n{title} ({len(rows)} {unit})")
     print(f"{'figure':34s} {'median':>9s} {'p95':>9s}")
     for key in keys:
         values = [r[key] for r in rows if key in r]
