@@ -112,6 +112,7 @@ class Options(Record):
     channel_speakers: Any = None
     analysis: bool | None = None
     batch_id: str | None = None
+    call_id: str | None = None  # the live call a job belongs to
 
 
 class Segment(Record):
@@ -168,6 +169,19 @@ class KnowledgeUse(Record):
     version: int | None = None
 
 
+class ToolCallRecord(Record):
+    """One tool call in a reply: `status` done, refused (its arguments failed the checks) or failed."""
+
+    name: str
+    arguments: Any = None
+    status: str
+    errors: list[str] = []
+    result: Any = None
+    elapsed_s: float | None = None
+    http_status: int | None = None
+    delivery_id: str | None = None  # the webhook delivery it caused (a ticket, a failed tool)
+
+
 class LlmResult(Record):
     text: str = ""
     model: str | None = None
@@ -185,6 +199,8 @@ class LlmResult(Record):
     cache_similarity: float | None = None
     cancelled: bool = False
     knowledge: KnowledgeUse | None = None
+    tool_calls: list[ToolCallRecord] = []
+    action: str | None = None  # what the conversation does next: transfer or end_call
 
 
 class AnalysisResult(Record):

@@ -184,3 +184,11 @@ def batch_hash_field(sha: str) -> str:
 def batch_member_field(seq: int) -> str:
     """JSON: one call of the batch (its job id, file name, hash)."""
     return f"{BATCH_MEMBER_PREFIX}{seq}"
+
+
+# ---- live calls ---------------------------------------------------------------------------------------
+
+
+def twilio_transfer(call_sid: str) -> str:
+    """String: where a Twilio call transferred by `transfer_to_human` is dialled (its `<Connect action>`)."""
+    return f"{PREFIX}twilio-transfer:{call_sid}"

@@ -37,13 +37,15 @@ RTF = Histogram("voicequeue_realtime_factor", "Processing time / audio time.", [
 AUDIO_SECONDS = Counter("voicequeue_audio_seconds", "Audio processed (ASR input, TTS output).", ["stage"])
 TTS_CHARS = Counter("voicequeue_tts_characters", "Characters synthesized.", ["engine"])
 CACHE_HITS = Counter("voicequeue_cache_hits", "Cache hits.", ["cache"])
+TOOL_CALLS = Counter("voicequeue_llm_tool_calls", "Tool calls in replies (tool: a built-in's name or custom).",
+                     ["tool", "status"])
 CACHE_MISSES = Counter("voicequeue_cache_misses", "Cache misses.", ["cache"])
 TTFA = Histogram("voicequeue_ttfa_seconds", "Time from job creation to the first reply audio ready.",
                  ["kind", "priority"], buckets=STAGE_BUCKETS)
 
 _ALL: dict[str, Counter | Gauge | Histogram] = {
     m._name: m
-    for m in (JOBS, STAGE_SECONDS, QUEUE_WAIT, RETRIES, FALLBACKS, MODEL_LOAD, LLM_TOKENS, LLM_TTFT, RTF,
+    for m in (JOBS, STAGE_SECONDS, QUEUE_WAIT, RETRIES, FALLBACKS, MODEL_LOAD, LLM_TOKENS, LLM_TTFT, TOOL_CALLS, RTF,
               AUDIO_SECONDS, TTS_CHARS, CACHE_HITS, CACHE_MISSES, TTFA)
 }
 

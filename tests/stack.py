@@ -84,6 +84,7 @@ class Stack:
             # Off by default (it costs ASR and LLM work at every pause); the call tests and bench/realtime.py
             # run with it on.
             "VQ_CALL_EAGER_REPLY": os.environ.get("VQ_CALL_EAGER_REPLY", "true"),
+            "VQ_CALL_TRANSFER_TO": "+15550100",  # where a transfer goes (tests/gateway/test_call_actions.py)
             **(extra_env or {}),
         }
         if llm_base_url is None:

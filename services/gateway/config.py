@@ -111,6 +111,10 @@ class GatewaySettings(CommonSettings):
     )
     call_max_duration_s: float = Field(1800.0, description="Longest call; then a spoken goodbye and the socket closes.")
     call_history_turns: int = Field(20, description="Exchanges of the call's history passed to the LLM with each turn.")
+    call_transfer_to: str = Field(
+        "", description="Where `transfer_to_human` sends a caller: a phone number (+E.164) or SIP URI to dial, or "
+        "queue:<name> for a Twilio queue. Sent in the `call.transfer` event and webhook; Twilio calls are dialled "
+        "there by the <Connect action> TwiML (docs/calls.md). Empty: the event and webhook only.")
     call_greeting: str | None = Field(
         None, description="Spoken when a call opens (none: the bot waits for the caller).")
     call_idle_goodbye: str = Field(

@@ -46,6 +46,12 @@ class LlmSettings(CommonSettings):
         "supervised llama-server comes back in 10-30 s. 0 turns the wait off. A remote API is never waited for."
     )
     llm_system_prompt: str = Field(SYSTEM_PROMPT, description="System prompt: speech-friendly replies.")
+    llm_tools: bool = Field(
+        True, description="Offer the model the built-in actions (transfer_to_human, end_call, create_ticket) and "
+        "the tenant's own tools (/v1/tools). Off: replies are words only.")
+    llm_tool_filler_after_s: float = Field(
+        1.5, ge=0, description="A tenant tool slower than this gets a filler line (\"One moment while I check "
+        "that.\") spoken while the caller waits.")
     llm_metrics_port: int = Field(9102, description="Port of the worker's Prometheus /metrics.")
 
     session_max_turns: int = Field(

@@ -8,6 +8,7 @@ history shapes the reply; context-free questions are answered from the cache.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -15,14 +16,14 @@ from typing import Any
 
 import openai
 
-from services.llm import analysis, embeddings, prompts
+from services.llm import actions, analysis, embeddings, prompts, tool_calls
 from services.llm.config import LlmSettings
 from services.llm.embeddings import MiniLM
-from services.llm.engines.base import ChatEngine, ChatResult
+from services.llm.engines.base import ChatEngine, ChatResult, ChatStream, Message
 from services.llm.engines.openai_compat import OpenAICompatEngine
 from services.llm.knowledge import grounding, index, lexical
 from services.llm.knowledge.retrieve import Library
-from shared import answer_cache, jobs, metrics, queues, sessions
+from shared import answer_cache, jobs, metrics, queues, sessions, tools
 from shared.jobs import AnalysisResult, Job, LlmResult, Sentence
 from shared.sentences import SentenceSplitter
 from shared.stage import StageContext, StageError
@@ -94,6 +95,7 @@ def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
     chunks = Chunks(ctx, settings)
     deltas = Deltas(ctx, chunks)
     grounded = None
+    acting = None
     if cached is not None:
         reply = answer_from_cache(ctx, cached, deltas)
     else:
@@ -102,13 +104,16 @@ def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
         if kb_active and library is not None:
             grounded = grounding.ground(ctx.conn, library, job.tenant, text, language, history, grounding.Limits(
                 settings.knowledge_top_k, settings.knowledge_relevance_min, settings.knowledge_coverage_min))
-        if grounded is not None and grounded.reply is not None:
+        acting = offer_actions(ctx, text, language, history)
+        if grounded is not None and grounded.reply is not None and acting is None:
             reply = answer_fixed(ctx, grounded.reply, deltas)  # nothing relevant: nothing to make up from
         else:
-            reply = answer_from_llm(ctx, text, language, history, deltas, system, grounded)
-    result = LlmResult.model_validate({**reply.to_dict(), **match})
+            reply = answer_from_llm(ctx, text, language, history, deltas, system, grounded, acting)
+    result = LlmResult.model_validate({**{k: v for k, v in reply.to_dict().items() if k != "tool_calls"}, **match})
     if grounded is not None:
         result.knowledge = grounded.use
+    if acting is not None:
+        result.tool_calls, result.action = acting.records, acting.action
     result.text = deltas.text  # on a re-run, the words listeners already got stand
     if result.finish_reason == "cancelled":
         return result  # the job is gone or cancelled: stage.run stores nothing
@@ -116,7 +121,8 @@ def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
     if session_id:
         sessions.append_turn(ctx.conn, session_id, text, result.text, max_turns=settings.session_max_turns,
                              ttl_s=settings.session_ttl_s, tenant=job.tenant)
-    if cache_key and cached is None and result.finish_reason == "stop" and result.text.strip():
+    if cache_key and cached is None and result.finish_reason == "stop" and result.text.strip() and \
+            not result.tool_calls:
         answer_cache.put(ctx.conn, cache_key, result.text, settings.llm_answer_cache_ttl_s)
     ctx.emit_once("llm.done", {"text": result.text, "chunks": len(chunks.texts)})
     result.language, result.chunks = language, chunks.listed()
@@ -143,6 +149,10 @@ class Chunks:
         self._add(self.splitter.feed(delta))
 
     def finish(self) -> None:
+        self._add(self.splitter.flush())
+
+    def cut(self) -> None:
+        """Send what is pending now, as a sentence of its own (a filler said while a tool is awaited)."""
         self._add(self.splitter.flush())
 
     def _add(self, sentences: list[str]) -> None:
@@ -225,13 +235,42 @@ def answer_from_llm(
     deltas: Deltas,
     system: str,
     grounded: grounding.Grounding | None = None,
+    acting: actions.Turn | None = None,
 ) -> ChatResult:
+    """The model's reply. With `acting`, the model may call a tool instead; with a knowledge base that found
+    nothing (`grounded.reply`), the model is asked only whether to act, and otherwise the fixed line is said."""
     settings, engine = ctx.resources.settings, ctx.resources.engine
     turns = settings.session_max_turns if ctx.job.options.session_id else history_turns(ctx.job, settings)
+    if acting is not None:
+        system = f"{system}\n\n{actions.INSTRUCTIONS}"
     messages = prompts.build(text, system=system, language=language, history=history, turns=turns)
+    if grounded is not None:
+        messages = grounded.messages(messages)
+    fixed = grounded.reply if grounded is not None else None
+    hold = tool_calls.Hold() if acting is not None else None
+    offered = actions.specs(acting.custom) if acting is not None else None
+    result = speak(ctx, engine.stream(messages, tools=offered), deltas, grounded, hold, only_act=fixed is not None)
+    call = None
+    if acting is not None and hold is not None and not ctx.cancelled():
+        call = tool_calls.from_server(result.tool_calls) or (tool_calls.from_text(hold.held) if hold.decided else None)
+    if call is None or acting is None:
+        if fixed is not None and not ctx.cancelled():
+            say(deltas, fixed)
+        return result
+    return act(ctx, acting, call, messages, deltas, grounded, result)
+
+
+def speak(ctx: StageContext[Resources], reply: ChatStream, deltas: Deltas, grounded: grounding.Grounding | None,
+          hold: tool_calls.Hold | None, only_act: bool = False) -> ChatResult:
+    """Stream one model reply to the caller. `hold` keeps back a call written as text; `only_act`: stop at
+    the first sign of speech (the caller hears a fixed line instead)."""
     guard = grounded.guard if grounded is not None else None
-    reply = engine.stream(grounded.messages(messages) if grounded is not None else messages)
     for delta in reply:
+        if hold is not None:
+            delta = hold.feed(delta)
+            if only_act and hold.decided is False:
+                reply.close()
+                break
         sent = deltas.add(guard.feed(delta) if guard is not None else delta)
         if ctx.cancelled():
             reply.close()
@@ -240,14 +279,66 @@ def answer_from_llm(
         if guard is not None and guard.tripped is not None:
             reply.close()  # a number no passage gave: say the don't-know line instead of the rest
             break
+    if hold is not None and not only_act and not ctx.cancelled():
+        tail = hold.flush()
+        deltas.chunks.feed(deltas.add(guard.feed(tail) if guard is not None else tail))
     result = reply.result
-    if guard is not None and grounded is not None and not ctx.cancelled():
+    if guard is not None and grounded is not None and not ctx.cancelled() and not only_act:
         deltas.chunks.feed(deltas.add(guard.flush()))
         if guard.tripped is not None:
-            deltas.chunks.feed(deltas.add((" " if deltas.text.strip() else "") + grounded.fallback))
+            say(deltas, grounded.fallback)
             grounded.use.outcome = "guarded"
             log.warning("reply stopped at an unsupported figure", extra={"job_id": ctx.job_id})
             result = dataclasses.replace(result, finish_reason="stop")
+    account(ctx, result)
+    return result
+
+
+def act(ctx: StageContext[Resources], acting: actions.Turn, call: tool_calls.Call, messages: list[Message],
+        deltas: Deltas, grounded: grounding.Grounding | None, first: ChatResult) -> ChatResult:
+    """Run the model's call and answer from it: a refused call is put back to the model once, without
+    tools; a built-in's line is said; a tool's result goes back to the model for the spoken answer."""
+    engine = ctx.resources.engine
+
+    def say_now(line: str) -> None:
+        say(deltas, line)
+        deltas.chunks.cut()  # the filler is spoken while the tool is awaited, not after
+
+    outcome = actions.run(acting, call, say_now)
+    acting.records.append(outcome.record)
+    acting.action = outcome.action
+    log.info("tool call", extra={"job_id": ctx.job_id, "tool": call.name, "status": outcome.record.status,
+                                 "errors": outcome.record.errors})
+    metrics.inc(metrics.TOOL_CALLS, tool=call.name if call.name in actions.BUILTIN else "custom",
+                status=outcome.record.status)
+    fixed = grounded.reply if grounded is not None else None
+    note = None
+    if outcome.record.status == "refused":
+        if fixed is not None:
+            say(deltas, fixed)
+            return first
+        note = actions.refusal_note(call, outcome.record.errors)
+    elif outcome.say is not None:
+        say(deltas, outcome.say)
+        return dataclasses.replace(first, finish_reason="stop")
+    else:
+        note = actions.result_note(call.name, outcome.result)
+        if grounded is not None and grounded.guard is not None:
+            grounded.guard.allowed |= grounding.figures(json.dumps(outcome.result, ensure_ascii=False))
+    system = f"{messages[0]['content']}\n\n{note}"
+    again = speak(ctx, engine.stream([{"role": "system", "content": system}, *messages[1:]]), deltas, grounded,
+                  tool_calls.Hold())  # a second call written as text is held back, never spoken
+    return dataclasses.replace(again, prompt_tokens=first.prompt_tokens + again.prompt_tokens,
+                               completion_tokens=first.completion_tokens + again.completion_tokens,
+                               ttft_s=first.ttft_s)
+
+
+def say(deltas: Deltas, line: str) -> None:
+    """Words the worker says itself, after whatever the reply said so far."""
+    deltas.chunks.feed(deltas.add((" " if deltas.text.strip() else "") + line))
+
+
+def account(ctx: StageContext[Resources], result: ChatResult) -> None:
     metrics.inc(metrics.LLM_TOKENS, result.prompt_tokens, kind="prompt")
     metrics.inc(metrics.LLM_TOKENS, result.completion_tokens, kind="completion")
     if result.ttft_s is not None:
@@ -257,10 +348,22 @@ def answer_from_llm(
     extra: dict[str, Any] = {"job_id": ctx.job_id, "completion_tokens": result.completion_tokens,
                              "ttft_s": result.ttft_s, "finish_reason": result.finish_reason,
                              "retries": result.retries}
-    if settings.debug:
+    if ctx.resources.settings.debug:
         extra["reply"] = result.text
     log.info("reply streamed", extra=extra)
-    return result
+
+
+def offer_actions(ctx: StageContext[Resources], text: str, language: str | None,
+                  history: list[Any]) -> actions.Turn | None:
+    """The actions this turn may take (None when tools are off, or for a text-only job with no caller)."""
+    settings, job = ctx.resources.settings, ctx.job
+    if not settings.llm_tools:
+        return None
+    said = [m["content"] for m in history if isinstance(m, dict) and m.get("role") == "user"
+            and isinstance(m.get("content"), str)]
+    return actions.Turn(conn=ctx.conn, settings=settings, tenant=job.tenant, job_id=ctx.job_id,
+                        call_id=job.options.call_id, language=language, said=" ".join([*said, text]),
+                        custom=tools.list_tools(ctx.conn, job.tenant), filler_after_s=settings.llm_tool_filler_after_s)
 
 
 def user_text(job: Job) -> str:

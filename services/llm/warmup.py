@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from services.llm import analysis
+from services.llm import actions, analysis
 from services.llm.config import LlmSettings
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,14 @@ async def _warm(url: str, headers: dict[str, str], settings: LlmSettings, slots:
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout_s) as client:
         warmer = Warmer(client, time.monotonic() + timeout_s)
         for slot in range(slots):
-            await warmer.prefill(f"slot{slot}", chat, slot)
+            await warmer.prefill(f"slot{slot}", chat, slot, chat_tools(settings))
         # The analysis prompt on the last slot, then its grammar once; that slot's chat prefix comes back
         # from the server's RAM cache (--cache-ram) or is prefilled again.
         start = time.monotonic()
         await warmer.prefill("analysis_prefix", analysis_messages(settings), slots - 1)
         await warmer.when_idle(grammar_step(settings, slots - 1))
         warmer.took["grammar_s"] = round(time.monotonic() - start, 3)
-        await warmer.prefill(f"slot{slots - 1}_again", chat, slots - 1)
+        await warmer.prefill(f"slot{slots - 1}_again", chat, slots - 1, chat_tools(settings))
     return warmer.took
 
 
@@ -103,10 +103,11 @@ class Warmer:
         # When a request not ours was last seen; callers of a restarted server come back within a second.
         self.others_seen_at = time.monotonic()
 
-    async def prefill(self, name: str, messages: list[dict[str, str]], slot: int) -> None:
+    async def prefill(self, name: str, messages: list[dict[str, str]], slot: int,
+                      tools: list[dict[str, Any]] | None = None) -> None:
         """The prefix every request starting with `messages` shares, into `slot`, a piece at a time."""
         start = time.monotonic()
-        tokens = await prefix_tokens(self.client, messages)
+        tokens = await prefix_tokens(self.client, messages, tools)
         for end in range(min(CHUNK_TOKENS, len(tokens)), len(tokens) + CHUNK_TOKENS, CHUNK_TOKENS):
             await self.when_idle(completion_step(tokens[:end], slot))
         self.took[f"{name}_s"] = round(time.monotonic() - start, 3)
@@ -174,7 +175,14 @@ def wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes] | None, timeo
 
 
 def chat_messages(settings: LlmSettings) -> list[dict[str, str]]:
+    if settings.llm_tools:  # as the stage sends it (services.llm.tasks.answer_from_llm)
+        return [{"role": "system", "content": f"{settings.llm_system_prompt}\n\n{actions.INSTRUCTIONS}"}]
     return [{"role": "system", "content": settings.llm_system_prompt}]
+
+
+def chat_tools(settings: LlmSettings) -> list[dict[str, Any]] | None:
+    """The built-in tools: the template writes them into the system turn, so they are part of the prefix."""
+    return actions.specs([]) if settings.llm_tools else None
 
 
 def analysis_messages(settings: LlmSettings) -> list[dict[str, str]]:
@@ -183,10 +191,14 @@ def analysis_messages(settings: LlmSettings) -> list[dict[str, str]]:
              "content": analysis.SYSTEM_PROMPT.format(speakers=", ".join(json.dumps(s) for s in speakers))}]
 
 
-async def prefix_tokens(client: httpx.AsyncClient, messages: list[dict[str, str]]) -> list[int]:
+async def prefix_tokens(client: httpx.AsyncClient, messages: list[dict[str, str]],
+                        tools: list[dict[str, Any]] | None = None) -> list[int]:
     """The tokens every request with these leading messages starts with: the chat template applied, cut where
     the next user message's own words would begin (the model's template, as the server applies it)."""
-    r = await client.post("/apply-template", json={"messages": [*messages, {"role": "user", "content": MARK}]})
+    body: dict[str, Any] = {"messages": [*messages, {"role": "user", "content": MARK}]}
+    if tools:
+        body["tools"] = tools
+    r = await client.post("/apply-template", json=body)
     r.raise_for_status()
     prompt = str(r.json()["prompt"])
     r = await client.post("/tokenize", json={"content": prompt[:prompt.index(MARK)]})

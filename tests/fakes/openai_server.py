@@ -10,7 +10,8 @@ default step once the script is used up:
 
 `rotate=[Fail(429, retry_after="1"), Reply()]` answers every other call with 429
 (after the script, instead of the default). `Fail(500)` as default gives "always 500";
-`Reply(delay_s=5)` a server slower than the client's timeout; `Reply(break_after=3)` a stream cut after three deltas.
+`Reply(delay_s=5)` a server slower than the client's timeout; `Reply(break_after=3)` a stream cut after three deltas;
+`Reply("", tool_calls=[("end_call", "{}")])` a reply that calls a tool.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Reply:
     delta_delay_s: float = 0.0  # between stream chunks
     break_after: int | None = None  # drop the connection after this many deltas
     finish_reason: str = "stop"
+    # Calls streamed as OpenAI does: (name, arguments JSON); the arguments arrive in two pieces.
+    tool_calls: list[tuple[str, str]] | None = None
 
     def pieces(self) -> list[str]:
         return self.deltas if self.deltas is not None else re.findall(r"\s*\S+", self.text)
@@ -229,7 +232,15 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._event({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
             self.fake.sleep(step.delta_delay_s)
-        self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": step.finish_reason}]})
+        for index, (name, arguments) in enumerate(step.tool_calls or []):
+            half = len(arguments) // 2
+            first = {"index": index, "id": f"call_{index}", "type": "function",
+                     "function": {"name": name, "arguments": arguments[:half]}}
+            self._event({**base, "choices": [{"index": 0, "delta": {"tool_calls": [first]}, "finish_reason": None}]})
+            rest = {"index": index, "function": {"arguments": arguments[half:]}}
+            self._event({**base, "choices": [{"index": 0, "delta": {"tool_calls": [rest]}, "finish_reason": None}]})
+        finish = "tool_calls" if step.tool_calls else step.finish_reason
+        self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         if step.usage and (body.get("stream_options") or {}).get("include_usage"):
             self._event({**base, "choices": [], "usage": self._usage(body, pieces)})
         self._chunk(b"data: [DONE]\n\n")

@@ -6,6 +6,7 @@ sentence audio, so a change to that contract is adapted here alone.
 - `submit_reply`: a `chat` job (plan llm → tts, sentences streamed) with the call's history passed in.
 - `reply_events`: the reply as it is produced: text deltas, then each sentence's PCM in order.
 - `cancel`: stop a reply (the LLM sees the job cancelled) and drop its queued sentence jobs.
+- `notify`: a webhook event to the tenant (a transfer, the end of the call), delivered by a job.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.eventstream import follow
 from services.gateway.submit import submit
 from services.gateway.uploads import CheckedAudio
-from shared import audio, events, jobs, retention
+from shared import audio, events, jobs, retention, webhooks
 
 # A cancelled reply's event stream is kept this long, so a late reader still sees why it ended.
 CANCELLED_STREAM_TTL_S = 60
@@ -111,6 +112,8 @@ class Finished:
     reason: str | None = None
     cost: dict[str, float] | None = None
     knowledge: dict[str, Any] | None = None  # the knowledge-base passages the reply was grounded on
+    tool_calls: list[dict[str, Any]] | None = None  # the tools the reply called, with their results
+    action: str | None = None  # what the call does next: transfer or end_call
 
 
 ReplyEvent = Delta | Sentence | Finished
@@ -142,7 +145,8 @@ async def reply_events(conn: redis.Redis, aconn: aioredis.Redis, job_id: str, ra
             status = {"job.done": "done", "job.failed": "failed"}.get(type_, "cancelled")
             reason = (data.get("error") or {}).get("reason")
             llm = (job.get("results") or {}).get("llm") or {}
-            yield Finished(status, text, reason, job.get("cost"), llm.get("knowledge"))
+            yield Finished(status, text, reason, job.get("cost"), llm.get("knowledge"), llm.get("tool_calls"),
+                           llm.get("action"))
             return
     yield Finished("failed", text, "timeout")
 
@@ -161,3 +165,8 @@ def job_options(conn: redis.Redis, job_id: str) -> dict[str, Any] | None:
     """A job's options (tests read the history a reply was asked with)."""
     record = jobs.load(conn, job_id)
     return record["options"] if record else None
+
+
+def notify(conn: redis.Redis, settings: GatewaySettings, tenant: str, event: str, data: dict[str, Any]) -> str | None:
+    """Queue a webhook delivery of `event` if the tenant has an endpoint for it; its delivery id, else None."""
+    return webhooks.deliver(conn, settings, tenant, event, data)

@@ -4,7 +4,8 @@ Adapters turn their wire messages into calls on `CallSession` (`append_audio`, `
 `truncate`, `audio_played`, …) and turn what it emits back into wire messages. It emits OpenAI Realtime
 server events (GA names), plus two internal ones adapters may use and must not forward:
 `x.sentence_end` (a sentence's audio has all been sent: Twilio puts a mark there) and `x.interrupt`
-(the caller barged in: drop buffered audio; Twilio's `clear`).
+(the caller barged in: drop buffered audio; Twilio's `clear`). When a reply transfers the caller to a
+person it also sends `call.transfer` (target, reason and the call so far) before the call ends.
 
 The socket holder does framing, VAD and pacing only. The caller's speech goes to ASR in pieces cut at
 short pauses while they are still talking; at the end of their turn a `chat` job (llm → tts, streamed
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 MIN_COMMIT_MS = 100
 DELTA_MS = 200  # reply audio goes out in pieces of at most this much
+ACTIONS = {"transfer": "transfer", "end_call": "end_call"}  # a reply's action -> the call's end reason
 
 
 @dataclass
@@ -153,6 +155,7 @@ class CallSession:
         self.barge_ins = 0
         self.false_starts = 0
         self.dtmf: list[dict[str, Any]] = []
+        self.transferred: dict[str, Any] | None = None
         self.cost: dict[str, float] = {"audio_in_s": 0.0, "audio_out_s": 0.0}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._jobs: set[str] = set()  # transcription pieces submitted and not yet answered
@@ -551,6 +554,9 @@ class CallSession:
         self._record_reply(response, "completed")  # before any await: a barge-in from here on updates it
         if finished.knowledge and response.turn is not None:
             response.turn["knowledge"] = finished.knowledge  # which passages answered: kept, never spoken
+        if finished.tool_calls and response.turn is not None:
+            response.turn["tool_calls"] = finished.tool_calls
+            response.turn["action"] = finished.action
         for c, amount in (finished.cost or {}).items():
             self.cost[c] = self.cost.get(c, 0.0) + amount
         await self.emit("response.output_audio.done", **ids)
@@ -562,6 +568,8 @@ class CallSession:
         await self.emit("response.done", response=protocol.response(response.id, "completed", [done_item],
                                                                      usage=usage))
         await self._save()
+        if finished.action in ACTIONS and speak is None:
+            self._spawn(self._after_action(response, finished.action, finished.tool_calls or []))
 
     async def _send_sentence(self, response: Response, sentence: pipeline.Sentence, ids: dict[str, Any]) -> None:
         fmt = self.config.output_format
@@ -806,6 +814,37 @@ class CallSession:
         response = self.response
         return response is not None and response.done and response.played_ms(now) >= response.item.sent_ms - 1
 
+    async def _after_action(self, response: Response, action: str, calls: list[dict[str, Any]]) -> None:
+        """Once the reply saying so has been heard: hand the caller to a person, or hang up."""
+        self.config.vad = None  # the call is ending: nothing the caller says now starts a turn
+        await self._until_heard(response)
+        if action == "transfer":
+            reason = next((str((c.get("arguments") or {}).get("reason") or "") for c in calls
+                           if c.get("name") == "transfer_to_human" and isinstance(c.get("arguments"), dict)), "")
+            await self.transfer(reason or "caller asked for a person")
+        await self.end(ACTIONS[action])
+
+    async def _until_heard(self, response: Response) -> None:
+        remaining = (response.item.sent_ms - response.played_ms(time.monotonic())) / 1000
+        await asyncio.sleep(max(remaining, 0) + 0.2)
+
+    async def transfer(self, reason: str) -> None:
+        """Tell the client and the tenant's webhook that the caller goes to a person, with the call so far."""
+        summary = self.summary()
+        target = self.settings.call_transfer_to
+        delivery = await asyncio.to_thread(pipeline.notify, self.conn, self.settings, self.tenant, "call.transfer", {
+            "call_id": self.id, "transport": self.transport, "reason": reason, "target": target,
+            "summary": summary})
+        self.transferred = {"reason": reason, "target": target, "at": time.time(), "delivery_id": delivery}
+        await self.emit("call.transfer", call_id=self.id, reason=reason, target=target, summary=summary)
+
+    def summary(self) -> dict[str, Any]:
+        """The call so far for the colleague who takes it: what was said, by whom, and the last request."""
+        said = [{"role": i.role, "text": i.heard_text() if i.role == "assistant" else i.text} for i in self.items
+                if i.text]
+        last = next((t["text"] for t in reversed(said) if t["role"] == "user"), "")
+        return {"turns": sum(1 for t in said if t["role"] == "user"), "last_request": last, "transcript": said}
+
     async def goodbye(self, reason: str, text: str) -> None:
         """Say `text`, wait until it has been played, then end the call."""
         self.config.vad = None  # nothing the caller says now starts a turn
@@ -845,6 +884,9 @@ class CallSession:
                                   "reconnect to start a new one", type_="server_error")
         metrics.ACTIVE.labels(self.transport).dec()
         metrics.ENDS.labels(self.transport, reason).inc()
+        await asyncio.to_thread(pipeline.notify, self.conn, self.settings, self.tenant, "call.ended", {
+            "call_id": self.id, "transport": self.transport, "reason": reason, "started_at": self.started_at,
+            "ended_at": time.time(), "turns": sum(1 for i in self.items if i.role == "user")})
         await asyncio.to_thread(store.free_slot, self.conn, self.tenant, self.id)
         await self._save()
         self.closed.set()
@@ -860,7 +902,7 @@ class CallSession:
             "status": "ended" if self.end_reason else "active", "end_reason": self.end_reason,
             "started_at": self.started_at, "ended_at": time.time() if self.end_reason else None,
             "turns": self.turns, "barge_ins": self.barge_ins, "vad_false_starts": self.false_starts,
-            "dtmf": self.dtmf,
+            "dtmf": self.dtmf, "transfer": self.transferred,
             "transcript": [{"item_id": i.id, "role": i.role, "text": i.text, "heard_text": i.heard_text(),
                             "at": i.at, "interrupted": i.interrupted} for i in self.items],
             "cost": {k: round(v, 3) for k, v in self.cost.items()},

@@ -3,7 +3,9 @@
 In: `connected`, `start` (stream and call ids, custom parameters, μ-law 8 kHz), `media` (base64 μ-law,
 20 ms frames), `mark` (echoed once the audio before it has played), `dtmf`, `stop`.
 Out: `media`, `mark` after each sentence (its name says how much of the reply has then been heard),
-and `clear` on a barge-in, which drops the audio Twilio still holds.
+and `clear` on a barge-in, which drops the audio Twilio still holds. A transfer to a person is done
+by Twilio itself: the stream closes and the `<Connect action>` URL (`routes/twilio_after.py`) answers
+with `<Dial>` to `call_transfer_to`.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from services.gateway.calls.formats import ULAW8
 from services.gateway.calls.session import CallSession
+from shared import keys
 
 log = logging.getLogger(__name__)
+TRANSFER_TTL_S = 600
 
 
 class TwilioCall:
     def __init__(self, ws: WebSocket, session: CallSession) -> None:
         self.ws, self.session = ws, session
         self.stream_sid: str | None = None
+        self.call_sid: str | None = None
         self.lock = asyncio.Lock()
         session._send = self.on_event
         session.set_formats(ULAW8, ULAW8)
@@ -48,6 +53,10 @@ class TwilioCall:
                               "mark": {"name": f"{event['item_id']}:{event['audio_end_ms']}"}})
         elif type_ == "x.interrupt":
             await self.write({"event": "clear", "streamSid": sid})
+        elif type_ == "call.transfer" and self.call_sid:
+            # Twilio asks the <Connect action> URL what to do once the stream closes: dial this.
+            await asyncio.to_thread(self.session.conn.set, keys.twilio_transfer(self.call_sid),
+                                    event.get("target") or "", ex=TRANSFER_TTL_S)
 
     async def handle(self, message: dict[str, Any]) -> bool:
         """One message from Twilio; False once the stream has stopped."""
@@ -55,6 +64,7 @@ class TwilioCall:
         if kind == "start":
             start = message.get("start") or {}
             self.stream_sid = str(message.get("streamSid") or start.get("streamSid") or "")
+            self.call_sid = str(start.get("callSid") or "") or None
             params = start.get("customParameters") or {}
             if isinstance(params, dict) and params.get("language"):
                 self.session.config.language = str(params["language"])

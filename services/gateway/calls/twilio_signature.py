@@ -1,4 +1,4 @@
-"""Twilio's signature on a Media Streams WebSocket upgrade.
+"""Twilio's signature on a Media Streams WebSocket upgrade (and on its `<Connect action>` request).
 
 `X-Twilio-Signature` is the base64 HMAC-SHA1, keyed with the account's auth token, of the URL Twilio
 opened; an upgrade is a GET, so no form parameters are appended. Behind a TLS proxy the gateway sees
@@ -18,8 +18,10 @@ from starlette.datastructures import URL
 DEFAULT_PORTS = {"wss": 443, "https": 443, "ws": 80, "http": 80}
 
 
-def sign(token: str, url: str) -> str:
-    return base64.b64encode(hmac.new(token.encode(), url.encode(), hashlib.sha1).digest()).decode()
+def sign(token: str, url: str, params: dict[str, str] | None = None) -> str:
+    """A POST's form parameters are signed too: each name and value, sorted by name, after the URL."""
+    signed = url + "".join(f"{k}{v}" for k, v in sorted((params or {}).items()))
+    return base64.b64encode(hmac.new(token.encode(), signed.encode(), hashlib.sha1).digest()).decode()
 
 
 def _with_and_without_port(url: str) -> list[str]:
@@ -29,12 +31,13 @@ def _with_and_without_port(url: str) -> list[str]:
     return [bare, urlunsplit(parts._replace(netloc=f"{host}:{port}"))] if port else [bare]
 
 
-def candidates(request_url: URL, host: str | None, configured: str | None) -> list[str]:
-    """The spellings of the URL Twilio may have signed."""
+def candidates(request_url: URL, host: str | None, configured: str | None,
+               schemes: tuple[str, str] = ("wss", "ws")) -> list[str]:
+    """The spellings of the URL Twilio may have signed (`schemes`: https, http for a webhook request)."""
     query = f"?{request_url.query}" if request_url.query else ""
     bases = [configured.rstrip("?")] if configured else []
     netloc = host or request_url.netloc
-    bases += [f"{scheme}://{netloc}{request_url.path}" for scheme in ("wss", "ws")]
+    bases += [f"{scheme}://{netloc}{request_url.path}" for scheme in schemes]
     urls: list[str] = []
     for base in bases:
         for url in _with_and_without_port(base + query):
@@ -43,5 +46,5 @@ def candidates(request_url: URL, host: str | None, configured: str | None) -> li
     return urls
 
 
-def valid(token: str, signature: str, urls: list[str]) -> bool:
-    return any(hmac.compare_digest(sign(token, url), signature) for url in urls)
+def valid(token: str, signature: str, urls: list[str], params: dict[str, str] | None = None) -> bool:
+    return any(hmac.compare_digest(sign(token, url, params), signature) for url in urls)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypedDict
 
 
@@ -22,6 +22,8 @@ class ChatResult:
     ttft_s: float | None  # from the first request (retries included) to the first text delta
     finish_reason: str | None  # "stop", "length", or "cancelled" when the caller stopped reading
     retries: int
+    # Calls the server parsed out of the reply ({"name", "arguments"}: arguments as the model wrote them).
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,6 +43,7 @@ class ChatStream(Protocol):
 class ChatEngine(Protocol):
     model: str
 
-    def stream(self, messages: Sequence[Message]) -> ChatStream:
-        """Start a reply. Raises `shared.retry.UpstreamError` if the upstream cannot be reached for good."""
+    def stream(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None = None) -> ChatStream:
+        """Start a reply; `tools` (the OpenAI chat-completions shape) lets the model call them. Raises
+        `shared.retry.UpstreamError` if the upstream cannot be reached for good."""
         ...

@@ -144,8 +144,9 @@ class OpenAICompatEngine:
                 time.sleep(0.5)
         return False
 
-    def stream(self, messages: Sequence[Message]) -> OpenAIChatStream:
+    def stream(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None = None) -> OpenAIChatStream:
         messages = self.outgoing(messages)
+        extra: dict[str, Any] = {"tools": tools} if tools else {}
         start = time.monotonic()
         attempts = 0
 
@@ -159,6 +160,7 @@ class OpenAICompatEngine:
                 stream_options={"include_usage": True},
                 temperature=self.settings.llm_temperature,
                 max_tokens=self.settings.llm_max_tokens,
+                **extra,
             )
             head: list[ChatCompletionChunk] = []
             try:
@@ -199,6 +201,7 @@ class OpenAIChatStream:
         self._ttft_s = ttft_s
         self._retries = retries
         self._prompt_estimate = prompt_estimate
+        self._calls: dict[int, dict[str, str]] = {}
 
     def __iter__(self) -> Iterator[str]:
         try:
@@ -229,10 +232,19 @@ class OpenAIChatStream:
             for choice in chunk.choices:
                 if choice.finish_reason:
                     self._finish = choice.finish_reason
+                self._absorb_calls(choice.delta)
             text = _delta(chunk)
             if text:
                 self._parts.append(text)
                 yield text
+
+    def _absorb_calls(self, delta: Any) -> None:
+        # A call streams as pieces: the name first, then its arguments' JSON a few characters at a time.
+        for piece in (delta.tool_calls or []) if delta is not None else []:
+            call = self._calls.setdefault(piece.index, {"name": "", "arguments": ""})
+            if piece.function is not None:
+                call["name"] += piece.function.name or ""
+                call["arguments"] += piece.function.arguments or ""
 
     def close(self) -> None:
         self._raw.close()
@@ -254,6 +266,7 @@ class OpenAIChatStream:
             ttft_s=self._ttft_s,
             finish_reason=self._finish or (None if self._complete else "cancelled"),
             retries=self._retries,
+            tool_calls=[self._calls[i] for i in sorted(self._calls)],
         )
 
 

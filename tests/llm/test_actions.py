@@ -1,0 +1,193 @@
+"""Tool calls in the llm stage, against a fake OpenAI server that calls tools the way OpenAI does (streamed
+`tool_calls`), and a real local HTTP server as the tenant's tool: built-in actions, a refused call put back to
+the model, a tool's result answered from, a slow tool's filler line, a failed tool, and a ticket's webhook."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import redis
+
+from services.llm import actions
+from shared import signing, tools, webhooks
+from tests.fakes.openai_server import FakeOpenAI, Reply
+from tests.llm.helpers import API_KEY, all_events, run_llm, settings_for
+from tests.llm.test_llm_stage import text_job
+
+ORDER_SCHEMA = {"type": "object", "properties": {"order_id": {"type": "string", "pattern": "^[0-9]{5}$"}},
+                "required": ["order_id"]}
+
+
+class ToolServer:
+    """The tenant's order-lookup endpoint: answers after `delay_s` with `status` and `answer`."""
+
+    def __init__(self, status: int = 200, answer: Any = None, delay_s: float = 0.0) -> None:
+        self.status, self.answer, self.delay_s = status, answer, delay_s
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server.requests.append((dict(self.headers), body))
+                time.sleep(server.delay_s)
+                data = json.dumps(server.answer).encode()
+                self.send_response(server.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/orders"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def order_tool(conn: redis.Redis) -> Iterator[ToolServer]:
+    server = ToolServer(answer={"order_id": "12345", "status": "shipped", "arrives": "Friday"})
+    tools.put(conn, "public", tools.parse({"name": "lookup_order", "description": "Look up an order by its number.",
+                                         "parameters": ORDER_SCHEMA, "url": server.url, "timeout_s": 5}))
+    yield server
+    tools.delete(conn, "public", "lookup_order")
+    server.close()
+
+
+def deltas_text(conn: redis.Redis, job_id: str) -> list[str]:
+    return [str(d["text"]) for _, kind, d in all_events(conn, job_id) if kind == "llm.delta"]
+
+
+def test_every_reply_offers_the_built_in_actions(conn: redis.Redis, redis_url: str) -> None:
+    with FakeOpenAI(default=Reply("We open at nine."), api_key=API_KEY) as fake:
+        record = run_llm(conn, settings_for(fake.base_url, redis_url), text_job(conn, "When do you open?"))
+        [req] = fake.chat_requests
+    offered = [t["function"]["name"] for t in req.body["tools"]]
+    assert offered[:3] == ["transfer_to_human", "end_call", "create_ticket"]
+    assert record["results"]["llm"]["text"] == "We open at nine."
+    assert "tool_calls" not in record["results"]["llm"] or record["results"]["llm"]["tool_calls"] == []
+    off = settings_for(fake.base_url, redis_url, llm_tools=False)
+    with FakeOpenAI(default=Reply("We open at nine."), api_key=API_KEY) as fake:
+        run_llm(conn, off, text_job(conn, "When do you open?"))
+        assert "tools" not in fake.chat_requests[0].body
+
+
+def test_a_transfer_request_is_said_and_recorded_as_the_action(conn: redis.Redis, redis_url: str) -> None:
+    call = Reply("", tool_calls=[("transfer_to_human", '{"reason": "caller asked for a person"}')])
+    with FakeOpenAI(default=call, api_key=API_KEY) as fake:
+        job_id = text_job(conn, "I want to talk to a person", language="en")
+        record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
+        assert len(fake.chat_requests) == 1  # a built-in says its own line: no second model call
+    llm = record["results"]["llm"]
+    assert llm["action"] == "transfer"
+    assert llm["text"] == actions.LINES["transfer"]["en"] == "".join(deltas_text(conn, job_id))
+    [made] = llm["tool_calls"]
+    assert made["name"] == "transfer_to_human" and made["status"] == "done"
+    assert made["arguments"] == {"reason": "caller asked for a person"}
+
+
+def test_a_call_the_model_writes_as_text_is_never_spoken(conn: redis.Redis, redis_url: str) -> None:
+    written = '{{"name": "end_call", "arguments": {}}}}'
+    with FakeOpenAI(default=Reply(written), api_key=API_KEY) as fake:
+        job_id = text_job(conn, "谢谢，再见", language="zh")
+        record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
+    llm = record["results"]["llm"]
+    assert llm["action"] == "end_call" and llm["text"] == actions.LINES["end_call"]["zh"]
+    assert "{" not in "".join(deltas_text(conn, job_id))
+    assert [c["text"] for c in llm["chunks"]] == [actions.LINES["end_call"]["zh"]]
+
+
+def test_made_up_arguments_are_refused_and_the_model_asked_again(conn: redis.Redis, redis_url: str,
+                                                                 order_tool: ToolServer) -> None:
+    script = [Reply("", tool_calls=[("lookup_order", '{"order_id": "12345"}')]),
+              Reply("Could you tell me your order number, please?")]
+    with FakeOpenAI(script=script, api_key=API_KEY) as fake:
+        job_id = text_job(conn, "Where is my order?", language="en")
+        record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
+        first, again = fake.chat_requests
+    assert order_tool.requests == []  # refused before any call
+    llm = record["results"]["llm"]
+    [refused] = llm["tool_calls"]
+    assert refused["status"] == "refused" and "12345 was not said by the caller" in refused["errors"][0]
+    assert "was refused" in again.body["messages"][0]["content"] and "tools" not in again.body
+    assert llm["text"] == "Could you tell me your order number, please?"
+    assert llm["action"] is None
+
+
+def test_a_tools_result_goes_back_to_the_model_for_the_answer(conn: redis.Redis, redis_url: str,
+                                                              order_tool: ToolServer) -> None:
+    endpoint = webhooks.set_endpoint(conn, "public", "http://127.0.0.1:9/unused")
+    script = [Reply("", tool_calls=[("lookup_order", '{"order_id": "12345"}')]),
+              Reply("Your order 12345 has shipped and arrives on Friday.")]
+    try:
+        with FakeOpenAI(script=script, api_key=API_KEY) as fake:
+            job_id = text_job(conn, "Where is my order 12345?", language="en")
+            record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
+            _, follow_up = fake.chat_requests
+    finally:
+        webhooks.delete_endpoint(conn, "public")
+    [(headers, body)] = order_tool.requests
+    assert json.loads(body)["arguments"] == {"order_id": "12345"}
+    assert signing.verify(endpoint.secret, body, headers[signing.HEADER])  # signed with the tenant's secret
+    assert '"status": "shipped"' in follow_up.body["messages"][0]["content"]
+    llm = record["results"]["llm"]
+    [done] = llm["tool_calls"]
+    assert done["status"] == "done" and done["result"]["status"] == "shipped" and done["http_status"] == 200
+    assert llm["text"] == "Your order 12345 has shipped and arrives on Friday."
+
+
+def test_a_slow_tool_gets_a_filler_line_first(conn: redis.Redis, redis_url: str, order_tool: ToolServer) -> None:
+    order_tool.delay_s = 1.5
+    script = [Reply("", tool_calls=[("lookup_order", '{"order_id": "12345"}')]), Reply("It has shipped.")]
+    with FakeOpenAI(script=script, api_key=API_KEY) as fake:
+        job_id = text_job(conn, "Where is my order 12345?", language="en")
+        record = run_llm(conn, settings_for(fake.base_url, redis_url, llm_tool_filler_after_s=0.3), job_id)
+    chunks = [c["text"] for c in record["results"]["llm"]["chunks"]]
+    assert chunks[0] == actions.LINES["filler"]["en"]  # its own sentence, queued for speech before the answer
+    assert chunks[-1] == "It has shipped."
+
+
+def test_a_failing_tool_is_told_to_the_caller(conn: redis.Redis, redis_url: str, order_tool: ToolServer) -> None:
+    order_tool.status, order_tool.answer = 500, {"error": "database down"}
+    script = [Reply("", tool_calls=[("lookup_order", '{"order_id": "12345"}')])]
+    with FakeOpenAI(script=script, api_key=API_KEY) as fake:
+        record = run_llm(conn, settings_for(fake.base_url, redis_url), text_job(conn, "Order 12345?", language="en"))
+        assert len(fake.chat_requests) == 1
+    llm = record["results"]["llm"]
+    assert llm["tool_calls"][0]["status"] == "failed" and llm["tool_calls"][0]["http_status"] == 500
+    assert llm["text"] == actions.LINES["failed"]["en"]
+
+
+def test_a_ticket_is_queued_for_the_tenants_webhook(conn: redis.Redis, redis_url: str) -> None:
+    webhooks.set_endpoint(conn, "public", "http://127.0.0.1:9/tickets")
+    arguments = {"subject": "Blender arrived broken", "summary": "The blender was broken on arrival.",
+                 "priority": "high", "contact": "anna@example.com"}
+    try:
+        with FakeOpenAI(default=Reply("", tool_calls=[("create_ticket", json.dumps(arguments))]),
+                        api_key=API_KEY) as fake:
+            job_id = text_job(conn, "My blender arrived broken, please open a ticket. I'm anna@example.com")
+            record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
+    finally:
+        webhooks.delete_endpoint(conn, "public")
+    [made] = record["results"]["llm"]["tool_calls"]
+    delivery = webhooks.get_delivery(conn, "public", made["delivery_id"])
+    assert delivery is not None and delivery.event == "ticket.created"
+    sent = json.loads(delivery.body)["data"]
+    assert sent["ticket_id"] == made["result"]["ticket_id"] and sent["contact"] == "anna@example.com"
+    assert sent["priority"] == "high" and sent["job_id"] == job_id
+    assert record["results"]["llm"]["text"] == actions.LINES["ticket"]["en"]
