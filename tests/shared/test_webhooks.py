@@ -8,6 +8,7 @@ import email.utils
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -300,3 +301,24 @@ def test_the_llm_workers_task_table_runs_a_delivery_job(conn: redis.Redis, setti
     assert queued(conn) == []
     with pytest.raises(RuntimeError, match="only in `voicequeue worker llm`"):
         webhooks.perform_delivery(delivery_id)
+
+
+def test_the_verification_example_in_the_docs_verifies_a_real_delivery(
+        conn: redis.Redis, settings: CommonSettings, receiver: Receiver) -> None:
+    from tests.conftest import REPO
+
+    doc = (REPO / "docs" / "webhooks.md").read_text()
+    example = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(example, namespace)  # the receiver's code exactly as tenants will copy it
+    verify = namespace["verify"]
+    endpoint = configure(conn, receiver)
+    delivery_id = webhooks.deliver(conn, settings, TENANT, "call.ended", {"call": "c7"})
+    assert delivery_id is not None
+    webhooks.send(conn, settings, delivery_id)
+    (got,) = receiver.requests
+    header = got.headers["x-voicequeue-signature"]
+    assert verify(endpoint.secret, got.body, header)
+    assert not verify(signing.new_secret(), got.body, header)
+    assert not verify(endpoint.secret, got.body.replace(b"c7", b"c8"), header)
+    assert not verify(endpoint.secret, got.body, header, tolerance_s=-1)
