@@ -92,9 +92,7 @@ def replay(client: httpx.Client, args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.url is None:
-        from voicequeue.cli import _default_url  # the cli imports this module: only at call time
-
-        args.url = _default_url()
+        args.url = args.default_url()
     command: Callable[[httpx.Client, argparse.Namespace], int] = args.webhooks_fn
     try:
         with http.client(args.url, args.api_key, args.timeout) as client:
@@ -104,8 +102,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser) -> None:
-    """`parent` gives --url, --api-key and --timeout (as for `voicequeue kb`)."""
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser,
+               default_url: Callable[[], str]) -> None:
+    """`parent` gives --url, --api-key and --timeout (as for `voicequeue kb`); `default_url()` is the
+    gateway's URL from the settings, asked only when --url is not given."""
     top = sub.add_parser("webhooks", help="the tenant's webhook endpoint and dead letters")
     wsub = top.add_subparsers(dest="webhooks_command", required=True)
     set_p = wsub.add_parser("set", parents=[parent], help="send events to URL; prints the signing secret")
@@ -123,4 +123,4 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], parent:
     replay_p.add_argument("ids", nargs="+", metavar="ID")
     replay_p.set_defaults(webhooks_fn=replay)
     for p in (set_p, show_p, dead_p, replay_p):
-        p.set_defaults(fn=run)  # over the parent's `voicequeue kb` handler
+        p.set_defaults(fn=run, default_url=default_url)  # fn: over the parent's `voicequeue kb` handler
