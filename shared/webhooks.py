@@ -41,6 +41,7 @@ EVENTS = ("ticket.created", "call.transfer", "call.ended", "tool.failed")
 EVENT_HEADER = "X-Voicequeue-Event"
 DELIVERY_HEADER = "X-Voicequeue-Delivery"
 DEAD_LETTERS_MAX = 1000  # per tenant; older ones drop off the list (and expire anyway)
+URL_MAX_CHARS = 2048
 ERROR_BODY_CHARS = 200  # of a refusing receiver's answer, kept in last_error
 
 
@@ -98,9 +99,16 @@ class _Settled(Exception):
 
 
 def check_url(url: str) -> str:
-    parts = urlsplit(url.strip())
+    refusal = f"a webhook URL must be http:// or https:// with a host, not {url[:100]!r}"
+    try:
+        parts = urlsplit(url.strip())
+        _ = parts.port  # a port that is not a number raises here, not at the first delivery
+    except ValueError as exc:
+        raise ValueError(f"{refusal} ({exc})") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"a webhook URL must be http:// or https:// with a host, not {url!r}")
+        raise ValueError(refusal)
+    if len(url) > URL_MAX_CHARS:
+        raise ValueError(f"a webhook URL has at most {URL_MAX_CHARS} characters")
     return url.strip()
 
 

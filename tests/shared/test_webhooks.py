@@ -226,9 +226,12 @@ def test_endpoint_secret_is_kept_until_rotated_and_bad_config_refused(conn: redi
                                                                          ["call.ended"], first.created_at)
     rotated = webhooks.set_endpoint(conn, TENANT, "https://example.test/b", rotate=True)
     assert rotated.secret != first.secret and webhooks.get_endpoint(conn, TENANT) == rotated
-    for url in ("ftp://example.test/x", "example.test/x", "http://", "javascript:alert(1)"):
+    for url in ("ftp://example.test/x", "example.test/x", "http://", "javascript:alert(1)", "http://[::1/x",
+                "https://example.test:port/x"):
         with pytest.raises(ValueError, match="must be http:// or https://"):
             webhooks.set_endpoint(conn, TENANT, url)
+    with pytest.raises(ValueError, match="at most 2048 characters"):
+        webhooks.set_endpoint(conn, TENANT, "https://example.test/" + "a" * 2048)
     with pytest.raises(ValueError, match="unknown event"):
         webhooks.set_endpoint(conn, TENANT, "https://example.test/b", ["call.started"])
     with pytest.raises(ValueError, match="at least one event"):
