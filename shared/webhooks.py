@@ -30,7 +30,7 @@ from rq import Queue
 
 from shared import keys, metrics, queues, signing
 from shared.config import CommonSettings
-from shared.redisio import transaction
+from shared.redisio import text, transaction
 from shared.retry import Retryable, classify_http_status
 
 log = logging.getLogger(__name__)
@@ -328,8 +328,10 @@ def _start_attempt(conn: redis.Redis, settings: CommonSettings, delivery_id: str
 
 
 def _note_error(record: Delivery, error: str, status: int | None) -> bool:
+    if record.status != Status.PENDING:
+        return False
     record.last_error, record.response_status = error, status
-    return record.status == Status.PENDING
+    return True
 
 
 def _mark_delivered(record: Delivery, status: int) -> bool:
@@ -365,15 +367,12 @@ def _bury(conn: redis.Redis, settings: CommonSettings, delivery_id: str, error: 
 
 def dead_letters(conn: redis.Redis, tenant: str, limit: int = 100) -> list[Delivery]:
     """The tenant's dead deliveries, newest first (ones expired or replayed since are left out)."""
-    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in conn.lrange(keys.webhook_dead(tenant), 0, -1)]
-    found: list[Delivery] = []
-    for delivery_id in dict.fromkeys(ids):  # a delivery that died, was replayed and died again shows once
-        record = get_delivery(conn, tenant, delivery_id)
-        if record is not None and record.status == Status.DEAD:
-            found.append(record)
-            if len(found) >= limit:
-                break
-    return found
+    ids = [text(i) for i in conn.lrange(keys.webhook_dead(tenant), 0, -1)]
+    if not ids:
+        return []
+    records = [Delivery.model_validate_json(raw) for raw in conn.mget([keys.webhook_delivery(i) for i in ids])
+               if raw is not None]
+    return [r for r in records if r.tenant == tenant and r.status == Status.DEAD][:limit]
 
 
 def replay(conn: redis.Redis, settings: CommonSettings, tenant: str, delivery_id: str) -> Delivery:

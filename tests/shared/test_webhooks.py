@@ -325,3 +325,19 @@ def test_the_verification_example_in_the_docs_verifies_a_real_delivery(
     assert not verify(signing.new_secret(), got.body, header)
     assert not verify(endpoint.secret, got.body.replace(b"c7", b"c8"), header)
     assert not verify(endpoint.secret, got.body, header, tolerance_s=-1)
+
+
+def test_dead_letters_are_newest_first_and_limited(conn: redis.Redis, settings: CommonSettings,
+                                                   receiver: Receiver) -> None:
+    configure(conn, receiver)
+    receiver.plan(then=Answer(403))
+    ids = []
+    for n in range(3):
+        delivery_id = webhooks.deliver(conn, settings, TENANT, "call.ended", {"n": n})
+        assert delivery_id is not None
+        webhooks.send(conn, settings, delivery_id)
+        ids.append(delivery_id)
+    assert [d.id for d in webhooks.dead_letters(conn, TENANT)] == ids[::-1]
+    assert [d.id for d in webhooks.dead_letters(conn, TENANT, limit=2)] == [ids[2], ids[1]]
+    assert [d.public()["payload"]["data"] for d in webhooks.dead_letters(conn, TENANT)] == [{"n": 2}, {"n": 1},
+                                                                                           {"n": 0}]
