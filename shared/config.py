@@ -96,6 +96,20 @@ class CommonSettings(BaseSettings):
     log_redact_pii: bool = Field(True, description="Replace PII (phones, emails, cards, IDs) in every log record, "
                                  "also with debug on.")
 
+    webhook_timeout_s: float = Field(
+        5.0, gt=0, description="Seconds a webhook attempt may spend on each of connecting, sending and awaiting "
+        "the answer.")
+    webhook_max_attempts: int = Field(
+        5, ge=1, description="Attempts per webhook delivery (timeouts, connection errors, 408, 429, 5xx are "
+        "retried; other 4xx are not); then the delivery is a dead letter the tenant can replay.")
+    webhook_retry_first_wait_s: float = Field(
+        1.0, ge=0, description="First wait between webhook attempts; it doubles (with jitter) after each.")
+    webhook_retry_max_wait_s: float = Field(
+        30.0, ge=0, description="Longest single wait between webhook attempts, a receiver's Retry-After included. "
+        "A delivery being retried holds an llm worker: keep attempts x (timeout + wait) small.")
+    webhook_retention_s: int = Field(
+        7 * 24 * 3600, ge=60, description="How long webhook deliveries and dead letters are kept.")
+
     @property
     def redis_wait_ms(self) -> int:
         """The WAIT timeout in effect: the setting, else 500 ms with Sentinels and 0 (off) without."""

@@ -98,7 +98,7 @@ API_KEY_IDS = f"{PREFIX}apikey-ids"  # hash: key id -> "<sha256> <tenant> <creat
 AUTH_ON = f"{PREFIX}auth-on"  # set once the first key exists: auth stays on
 REPLICATION_PROBE = f"{PREFIX}replication-probe"  # written before WAIT, so WAIT covers this connection's writes
 # Kept on purpose without a TTL (the retention sweep leaves them alone).
-PERMANENT = (API_KEYS, API_KEY_IDS, f"{PREFIX}metrics:*", f"{KNOWLEDGE_PREFIX}*")
+PERMANENT: tuple[str, ...] = (API_KEYS, API_KEY_IDS, f"{PREFIX}metrics:*", f"{KNOWLEDGE_PREFIX}*")
 
 # ---- fields of the job hash -------------------------------------------------------------------------
 
@@ -185,6 +185,28 @@ def batch_member_field(seq: int) -> str:
     """JSON: one call of the batch (its job id, file name, hash)."""
     return f"{BATCH_MEMBER_PREFIX}{seq}"
 
+# ---- tenant webhooks (`shared.webhooks`) --------------------------------------------------------------
+
+WEBHOOK_PREFIX = f"{PREFIX}webhook:"
+
+
+def webhook_endpoint(tenant: str) -> str:
+    """String: the tenant's endpoint (JSON `shared.webhooks.Endpoint`: url, secret, events), kept until deleted."""
+    return f"{WEBHOOK_PREFIX}endpoint:{tenant}"
+
+
+def webhook_delivery(delivery_id: str) -> str:
+    """String: one delivery (JSON `shared.webhooks.Delivery`: the signed body, status, attempts, last error)."""
+    return f"{WEBHOOK_PREFIX}delivery:{delivery_id}"
+
+
+def webhook_dead(tenant: str) -> str:
+    """List: the tenant's dead-letter delivery ids, newest first (bounded, expires with the deliveries)."""
+    return f"{WEBHOOK_PREFIX}dead:{tenant}"
+
+
+# An endpoint is configuration, like an API key: the retention sweep must not expire it.
+PERMANENT = (*PERMANENT, webhook_endpoint("*"))
 
 # ---- live calls ---------------------------------------------------------------------------------------
 

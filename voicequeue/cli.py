@@ -233,7 +233,7 @@ def _kb(args: argparse.Namespace) -> int:
 
 
 def _add_kb(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from voicequeue import kb
+    from voicequeue import kb, webhooks
 
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--url", default=None, help="gateway base URL (default: from VQ_GATEWAY_HOST/PORT)")
@@ -242,6 +242,7 @@ def _add_kb(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parent.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request")
     parent.set_defaults(fn=_kb)
     kb.add_parser(sub, parent)
+    webhooks.add_parser(sub, parent, _default_url)
 
 
 def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

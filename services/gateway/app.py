@@ -35,6 +35,7 @@ from services.gateway.routes import (
     turns,
     twilio_after,
     web,
+    webhooks,
 )
 from shared import connection, logs, metrics, queues
 
@@ -111,7 +112,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                   description="Voice back-end: audio in, transcripts, answers and spoken replies out.")
     errors.install(app)
     for module in (turns, chat, speech, transcriptions, jobs, audio, batches, sessions, health, web, calls, realtime,
-                   knowledge, twilio_after):
+                   knowledge, twilio_after, webhooks):
         app.include_router(module.router)
     openapi.install(app)
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from services.llm import tasks
 from services.llm.config import LlmSettings
-from shared import knowledge
+from shared import knowledge, webhooks
 from shared.worker import Service, serve
 
-SERVICE = Service("llm", tasks.load, tasks.work, tasks={knowledge.INDEX_TASK: tasks.index_document})
+SERVICE = Service("llm", tasks.load, tasks.work, tasks={
+    knowledge.INDEX_TASK: tasks.index_document,
+    webhooks.DELIVER_TASK: webhooks.task,  # deliveries share llm:batch with indexing: never ahead of a live turn
+})
 
 
 def main() -> None:

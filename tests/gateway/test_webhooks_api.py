@@ -1,0 +1,200 @@
+"""/v1/webhooks through a real gateway on a real Redis: the endpoint and its secret, bad input refused with
+a reason, deliveries and dead letters seen only by their own tenant, and replay; deliveries are sent by the
+project's rq worker with the llm task table to a real local receiver. Also `voicequeue webhooks`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from services.gateway import keystore
+from shared import signing, webhooks
+from shared.config import CommonSettings
+from tests.conftest import running_redis
+from tests.stack import VENV_BIN, free_port, wait_http
+from tests.webhook_receiver import Answer, Receiver, receiving
+
+
+@dataclass
+class Gateway:
+    url: str
+    conn: redis.Redis
+    redis_url: str
+    keys: dict[str, str]
+
+    def client(self, tenant: str = "a") -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.keys[tenant]}"}, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway alone on its own Redis (auth on, three tenants)."""
+    with running_redis(tmp_path_factory.mktemp("webhooks-api-redis")) as url:
+        conn = redis.Redis.from_url(url)
+        keys_ = {name: keystore.create(conn, f"shop-{name}")[0] for name in ("a", "b", "c")}
+        port = free_port()
+        log = (tmp_path_factory.mktemp("webhooks-api") / "gateway.log").open("wb")
+        env = {**os.environ, "VQ_REDIS_URL": url, "VQ_GATEWAY_PORT": str(port)}
+        proc = subprocess.Popen([str(VENV_BIN / "voicequeue"), "gateway"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc)
+            yield Gateway(f"http://127.0.0.1:{port}", conn, url, keys_)
+        finally:
+            proc.terminate()
+            proc.wait(15)
+            conn.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with receiving() as r:
+        yield r
+
+
+def settings_for(gateway: Gateway) -> CommonSettings:
+    return CommonSettings(redis_url=gateway.redis_url, webhook_timeout_s=1.0, webhook_max_attempts=2,
+                          webhook_retry_first_wait_s=0.05, webhook_retry_max_wait_s=1.0)
+
+
+def work_deliveries(gateway: Gateway) -> None:
+    """What `voicequeue worker llm` does with the queued delivery jobs (no model needed for them)."""
+    from services.llm.worker import SERVICE
+    from shared.worker import InProcessWorker, Running, StageJob
+
+    class Worker(InProcessWorker):
+        running = Running(SERVICE, settings_for(gateway), None)
+
+    Worker([webhooks.DELIVER_QUEUE], connection=gateway.conn, job_class=StageJob).work(burst=True)
+
+
+def test_endpoint_set_show_rotate_delete(gateway: Gateway) -> None:
+    with gateway.client("a") as a:
+        r = a.put("/v1/webhooks", json={"url": "https://hooks.example.test/vq", "events": ["call.ended"]})
+        assert r.status_code == 200, r.text
+        made = r.json()
+        assert made["url"] == "https://hooks.example.test/vq" and made["events"] == ["call.ended"]
+        assert made["secret"].startswith("whsec_") and len(made["secret"]) > 40
+        shown = a.get("/v1/webhooks").json()
+        assert shown["url"] == made["url"] and shown["secret"] != made["secret"]
+        assert shown["secret"].endswith(made["secret"][-4:]) and made["secret"][6:-4] not in shown["secret"]
+        again = a.put("/v1/webhooks", json={"url": "https://hooks.example.test/v2"}).json()
+        assert again["secret"] == made["secret"] and again["events"] is None  # kept: receivers keep verifying
+        rotated = a.put("/v1/webhooks", json={"url": "https://hooks.example.test/v2", "rotate_secret": True}).json()
+        assert rotated["secret"] != made["secret"]
+        assert webhooks.get_endpoint(gateway.conn, "shop-a") == webhooks.Endpoint(**rotated)
+        assert a.delete("/v1/webhooks").status_code == 204
+        gone = a.get("/v1/webhooks")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "webhook_not_configured"
+        assert a.delete("/v1/webhooks").status_code == 404
+    assert httpx.get(f"{gateway.url}/v1/webhooks").status_code == 401
+
+
+BAD: dict[str, tuple[dict[str, Any], int, str, str]] = {
+    "malformed json": ({"content": b'{"url": "https://x.test/', "headers": {"content-type": "application/json"}},
+                       400, "malformed_json", "not valid JSON"),
+    "ftp url": ({"json": {"url": "ftp://x.test/hook"}}, 400, "invalid_webhook_url", "http:// or https://"),
+    "no host": ({"json": {"url": "https:///hook"}}, 400, "invalid_webhook_url", "with a host"),
+    "unknown event": ({"json": {"url": "https://x.test/h", "events": ["call.started"]}}, 400,
+                      "invalid_webhook_events", "'call.started'"),
+    "no events": ({"json": {"url": "https://x.test/h", "events": []}}, 400, "invalid_webhook_events",
+                  "at least one event"),
+    "missing url": ({"json": {"events": None}}, 422, "invalid_request", "missing field 'url'"),
+    "events not a list": ({"json": {"url": "https://x.test/h", "events": "call.ended"}}, 422, "invalid_request",
+                          "events"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_endpoints_are_refused(gateway: Gateway, case: str) -> None:
+    request, status, code, says = BAD[case]
+    with gateway.client("c") as c:
+        r = c.put("/v1/webhooks", **request)
+        assert r.status_code == status, r.text
+        assert r.json()["error"]["code"] == code and says in r.json()["error"]["message"]
+        assert c.get("/v1/webhooks").status_code == 404  # nothing stored
+
+
+def test_dead_letters_are_the_tenants_own_and_replay_once_fixed(gateway: Gateway, receiver: Receiver) -> None:
+    with gateway.client("a") as a, gateway.client("b") as b:
+        secret = a.put("/v1/webhooks", json={"url": receiver.url}).json()["secret"]
+        receiver.plan(then=Answer(500, body=b"maintenance"))
+        delivery_id = webhooks.deliver(gateway.conn, settings_for(gateway), "shop-a", "ticket.created",
+                                       {"ticket": "T-7"})
+        assert delivery_id is not None
+
+        work_deliveries(gateway)
+
+        assert len(receiver.requests) == 2 and all(receiver.verified(r, secret) for r in receiver.requests)
+        record = a.get(f"/v1/webhooks/deliveries/{delivery_id}").json()
+        assert (record["status"], record["attempts"], record["response_status"]) == ("dead", 2, 500)
+        assert "HTTP 500" in record["last_error"] and "maintenance" in record["last_error"]
+        assert record["payload"] == {"id": delivery_id, "type": "ticket.created",
+                                     "created_at": record["created_at"], "data": {"ticket": "T-7"}}
+        assert [d["id"] for d in a.get("/v1/webhooks/dead").json()["dead"]] == [delivery_id]
+
+        # Tenant b sees none of it, exactly as if the id did not exist.
+        for path in (f"/v1/webhooks/deliveries/{delivery_id}", "/v1/webhooks/deliveries/whd_unknown"):
+            r = b.get(path)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "delivery_not_found"
+        assert b.get("/v1/webhooks/dead").json() == {"dead": []}
+        assert b.post(f"/v1/webhooks/dead/{delivery_id}/replay").status_code == 404
+        assert a.post("/v1/webhooks/dead/whd_unknown/replay").status_code == 404
+        assert a.get(f"/v1/webhooks/deliveries/{delivery_id}").json()["status"] == "dead"  # b changed nothing
+
+        receiver.plan(then=Answer(200))
+        r = a.post(f"/v1/webhooks/dead/{delivery_id}/replay")
+        assert r.status_code == 202 and (r.json()["status"], r.json()["attempts"]) == ("pending", 0)
+        again = a.post(f"/v1/webhooks/dead/{delivery_id}/replay")
+        assert again.status_code == 409 and again.json()["error"]["code"] == "delivery_not_dead"
+
+        work_deliveries(gateway)
+
+        assert [x.answered for x in receiver.requests] == [500, 500, 200]
+        assert receiver.requests[-1].headers["x-voicequeue-delivery"] == delivery_id
+        done = a.get(f"/v1/webhooks/deliveries/{delivery_id}").json()
+        assert (done["status"], done["attempts"], done["last_error"]) == ("delivered", 1, None)
+        assert a.get("/v1/webhooks/dead").json() == {"dead": []}
+        assert a.get("/v1/webhooks/dead", params={"limit": 0}).status_code == 422
+
+
+def voicequeue(gateway: Gateway, tenant: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(VENV_BIN / "voicequeue"), "webhooks", *args, "--url", gateway.url, "--api-key",
+                           gateway.keys[tenant]], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_sets_shows_lists_dead_letters_and_replays(gateway: Gateway, receiver: Receiver) -> None:
+    made = voicequeue(gateway, "b", "set", receiver.url, "--events", "call.ended,tool.failed")
+    assert made.returncode == 0, made.stderr
+    secret = next(line.split()[1] for line in made.stdout.splitlines() if line.startswith("secret:"))
+    assert "events: call.ended, tool.failed" in made.stdout
+    endpoint = webhooks.get_endpoint(gateway.conn, "shop-b")
+    assert endpoint is not None and endpoint.secret == secret
+    shown = voicequeue(gateway, "b", "show")
+    assert shown.returncode == 0 and receiver.url in shown.stdout and secret not in shown.stdout
+
+    receiver.plan(then=Answer(422, body=b"bad payload"))
+    delivery_id = webhooks.deliver(gateway.conn, settings_for(gateway), "shop-b", "tool.failed", {"tool": "x"})
+    assert delivery_id is not None
+    work_deliveries(gateway)
+    assert signing.verify(secret, receiver.requests[0].body, receiver.requests[0].headers["x-voicequeue-signature"])
+
+    dead = voicequeue(gateway, "b", "dead")
+    assert dead.returncode == 0, dead.stderr
+    assert delivery_id in dead.stdout and "tool.failed" in dead.stdout and "HTTP 422" in dead.stdout
+    assert "1 dead letter(s)" in dead.stderr
+    replayed = voicequeue(gateway, "b", "replay", delivery_id, "whd_missing")
+    assert replayed.returncode == 1 and f"{delivery_id}\tpending" in replayed.stdout
+    assert "no webhook delivery with id 'whd_missing'" in replayed.stderr
+
+    refused = voicequeue(gateway, "b", "set", "ftp://x.test/h")
+    assert refused.returncode == 1 and "http:// or https://" in refused.stderr
+    rotated = voicequeue(gateway, "b", "set", receiver.url, "--rotate-secret")
+    assert rotated.returncode == 0 and secret not in rotated.stdout and "events: all" in rotated.stdout
