@@ -96,6 +96,11 @@ class CommonSettings(BaseSettings):
     log_redact_pii: bool = Field(True, description="Replace PII (phones, emails, cards, IDs) in every log record, "
                                  "also with debug on.")
 
+    tools_allow_http: bool = Field(
+        False, description="Let tenants register custom tools at plain http:// URLs on any host (on-prem networks); "
+        "otherwise tools use https, or http only to 127.0.0.1/localhost/::1.")
+    tools_max_per_tenant: int = Field(32, ge=1, description="Custom tools a tenant may register (POST /v1/tools).")
+
     @property
     def redis_wait_ms(self) -> int:
         """The WAIT timeout in effect: the setting, else 500 ms with Sentinels and 0 (off) without."""

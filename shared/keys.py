@@ -98,7 +98,7 @@ API_KEY_IDS = f"{PREFIX}apikey-ids"  # hash: key id -> "<sha256> <tenant> <creat
 AUTH_ON = f"{PREFIX}auth-on"  # set once the first key exists: auth stays on
 REPLICATION_PROBE = f"{PREFIX}replication-probe"  # written before WAIT, so WAIT covers this connection's writes
 # Kept on purpose without a TTL (the retention sweep leaves them alone).
-PERMANENT = (API_KEYS, API_KEY_IDS, f"{PREFIX}metrics:*", f"{KNOWLEDGE_PREFIX}*")
+PERMANENT: tuple[str, ...] = (API_KEYS, API_KEY_IDS, f"{PREFIX}metrics:*", f"{KNOWLEDGE_PREFIX}*")
 
 # ---- fields of the job hash -------------------------------------------------------------------------
 
@@ -184,3 +184,16 @@ def batch_hash_field(sha: str) -> str:
 def batch_member_field(seq: int) -> str:
     """JSON: one call of the batch (its job id, file name, hash)."""
     return f"{BATCH_MEMBER_PREFIX}{seq}"
+
+
+# ---- a tenant's custom tools (shared/tools.py) ------------------------------------------------------
+
+TOOLS_PREFIX = f"{PREFIX}tools:"  # + tenant: a tenant's custom tools (kept until deleted)
+
+
+def tools(tenant: str) -> str:
+    """Hash: a tenant's custom tools the LLM may call, tool name -> JSON `shared.tools.Tool`."""
+    return f"{TOOLS_PREFIX}{tenant}"
+
+
+PERMANENT += (f"{TOOLS_PREFIX}*",)  # a tenant's tools live until deleted, like its knowledge base
