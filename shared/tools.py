@@ -22,6 +22,7 @@ import httpx
 import jsonschema
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from referencing.exceptions import Unresolvable
 
 from shared import keys, signing
 from shared.redisio import transaction
@@ -40,6 +41,10 @@ DEFAULT_MAX_TOOLS = 32
 
 class TooManyTools(ValueError):
     """The tenant already has as many tools as allowed."""
+
+
+class ReservedName(ValueError):
+    """The name of a built-in tool."""
 
 
 class Tool(BaseModel):
@@ -62,7 +67,7 @@ class Tool(BaseModel):
         if not NAME.match(value):
             raise ValueError("a tool name is 1-64 characters of [A-Za-z0-9_-], starting with a letter or _")
         if value.lower() in BUILTIN:
-            raise ValueError(f"{value!r} is a built-in tool ({', '.join(BUILTIN)}); choose another name")
+            raise ReservedName(f"{value!r} is a built-in tool ({', '.join(BUILTIN)}); choose another name")
         return value
 
     @field_validator("description")
@@ -100,17 +105,31 @@ class ToolOutcome(BaseModel):
 def check_schema(schema: Any) -> None:
     """Refuse what is not a JSON Schema of an object (ValueError saying why)."""
     if not isinstance(schema, dict):
-        raise ValueError("parameters must be a JSON Schema object")
+        raise ValueError("must be a JSON Schema object")
     if schema.get("type") != "object":
-        raise ValueError('parameters must be a JSON Schema with "type": "object" (the arguments are an object)')
+        raise ValueError('must be a JSON Schema with "type": "object" (the arguments are an object)')
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
-        raise ValueError(f"parameters is not a valid JSON Schema{f' at {where}' if where else ''}: "
+        raise ValueError(f"not a valid JSON Schema{f' at {where}' if where else ''}: "
                          f"{exc.message}") from None
     if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
-        raise ValueError(f"parameters is larger than {MAX_SCHEMA_BYTES // 1024} KB")
+        raise ValueError(f"larger than {MAX_SCHEMA_BYTES // 1024} KB")
+    outside = [ref for ref in _refs(schema) if not ref.startswith("#")]
+    if outside:
+        raise ValueError(f"$ref {outside[0]!r} points outside the schema: only local references (#/...) are "
+                         "allowed, schemas are never fetched")
+
+
+def _refs(node: Any) -> list[str]:
+    """Every "$ref" / "$dynamicRef" value in a schema (non-strings as their text)."""
+    if isinstance(node, list):
+        return [ref for item in node for ref in _refs(item)]
+    if not isinstance(node, dict):
+        return []
+    own = [str(v) for k, v in node.items() if k in ("$ref", "$dynamicRef")]
+    return own + [ref for value in node.values() for ref in _refs(value)]
 
 
 def check_url(url: str, *, allow_http: bool = False) -> None:
@@ -118,11 +137,11 @@ def check_url(url: str, *, allow_http: bool = False) -> None:
     (tests, a sidecar) or when the operator allows it (on-prem networks); anything else goes over https."""
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValueError(f"url must be an https:// URL with a host, not {url[:100]!r}")
+        raise ValueError(f"must be an https:// URL with a host, not {url[:100]!r}")
     if parts.username or parts.password:
-        raise ValueError("url must not carry credentials: the request is signed instead")
+        raise ValueError("must not carry credentials: the request is signed instead")
     if parts.scheme == "http" and not (allow_http or is_loopback(parts.hostname)):
-        raise ValueError("url must use https (plain http is allowed only to 127.0.0.1, localhost or ::1, "
+        raise ValueError("must use https (plain http is allowed only to 127.0.0.1, localhost or ::1, "
                          "unless the operator sets VQ_TOOLS_ALLOW_HTTP)")
 
 
@@ -195,7 +214,10 @@ def check_arguments(tool: Tool, arguments: Any) -> list[str]:
     when they are valid. Formats (email, date, ...) are checked too."""
     validator = jsonschema.Draft202012Validator(tool.parameters,
                                                 format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
-    errors = sorted(validator.iter_errors(arguments), key=lambda e: [str(p) for p in e.absolute_path])
+    try:
+        errors = sorted(validator.iter_errors(arguments), key=lambda e: [str(p) for p in e.absolute_path])
+    except Unresolvable as exc:  # a local $ref to nowhere: the tenant's schema is broken, not the arguments
+        return [f"$: the tool's parameters schema has a broken reference: {exc}"]
     return [f"{e.json_path}: {e.message}" for e in errors]
 
 

@@ -62,7 +62,9 @@ BAD_SPECS: dict[str, tuple[dict[str, Any], str]] = {
     "schema not a schema": (spec(parameters={"type": "object", "properties": {"x": {"type": "strin"}}}),
                             "not a valid JSON Schema at properties/x/type"),
     "schema not a dict": (spec(parameters="order id"), "valid dictionary"),
-    "http to another host": (spec(url="http://shop.example/order"), "url must use https"),
+    "remote $ref": (spec(parameters={"type": "object", "properties": {"x": {"$ref": "https://a.example/s"}}}),
+                    "only local references"),
+    "http to another host": (spec(url="http://shop.example/order"), "must use https"),
     "ftp": (spec(url="ftp://shop.example/order"), "https:// URL with a host"),
     "no host": (spec(url="https:///order"), "https:// URL with a host"),
     "credentials in url": (spec(url="https://me:pw@shop.example/order"), "must not carry credentials"),
@@ -85,7 +87,7 @@ def test_bad_specs_are_refused_saying_why(case: str) -> None:
 def test_plain_http_is_for_loopback_unless_allowed() -> None:
     for url in ("http://127.0.0.1:8080/t", "http://localhost/t", "http://[::1]:9/t", "http://127.0.0.2/t"):
         assert tools.parse(spec(url=url)).url == url
-    with pytest.raises(ValidationError, match="url must use https"):
+    with pytest.raises(ValidationError, match="must use https"):
         tools.parse(spec(url="http://10.0.0.5/t"))
     assert tools.parse(spec(url="http://10.0.0.5/t"), allow_http=True).url == "http://10.0.0.5/t"
 
@@ -251,3 +253,10 @@ def test_nothing_listening_is_a_connection_error() -> None:
 def test_arguments_that_are_not_json_do_not_raise(server: ToolServer) -> None:
     outcome = call(tool_at(server.url("/ok")), {"order_id": object()})
     assert not outcome.ok and outcome.error is not None and "not JSON" in outcome.error
+
+
+def test_a_broken_local_ref_is_reported_not_raised() -> None:
+    tool = tools.parse(spec(parameters={"type": "object", "properties": {"x": {"$ref": "#/$defs/nope"}}}))
+    assert tools.check_arguments(tool, {"y": 1}) == []  # the reference is not needed here
+    found = tools.check_arguments(tool, {"x": 1})
+    assert len(found) == 1 and found[0].startswith("$: the tool's parameters schema has a broken reference")
