@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 import redis
 
 from services.gateway import keystore
+from services.gateway.routes.tools import TEST_CALL_SLOTS
 from shared import keys
 from tests.conftest import running_redis
 from tests.fakes.tool_server import ToolServer
@@ -191,6 +194,36 @@ def test_test_call_checks_arguments_then_calls_the_endpoint(gateway: Gateway) ->
         assert c.post("/v1/tools/no_such_tool/test", json={"arguments": {}}).status_code == 404
         r = c.post("/v1/tools/lookup_order/test", content=b"{", headers={"content-type": "application/json"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
+
+
+def test_test_calls_are_capped_so_other_routes_keep_answering(gateway: Gateway) -> None:
+    server = gateway[3]
+    with client(gateway, "b") as c:
+        assert c.post("/v1/tools", json=spec(gateway, name="slow_b", url=server.url("/slow"), timeout_s=3)
+                      ).status_code == 201
+        before = len([r for r in server.requests if r.path == "/slow"])
+
+        def slow_test(_: int) -> httpx.Response:
+            with client(gateway, "b") as each:
+                return each.post("/v1/tools/slow_b/test", json={"arguments": {"order_id": "1234"}})
+
+        with ThreadPoolExecutor(TEST_CALL_SLOTS) as pool:
+            running = [pool.submit(slow_test, n) for n in range(TEST_CALL_SLOTS)]
+            deadline = time.monotonic() + 2.5
+            while len([r for r in server.requests if r.path == "/slow"]) < before + TEST_CALL_SLOTS:
+                assert time.monotonic() < deadline, "the test calls did not all reach the endpoint"
+                time.sleep(0.05)
+            busy = c.post("/v1/tools/slow_b/test", json={"arguments": {"order_id": "1234"}})
+            assert busy.status_code == 429 and busy.json()["error"]["code"] == "tool_tests_busy"
+            assert busy.headers["retry-after"] == "2"
+            started = time.monotonic()
+            assert "slow_b" in names(c)
+            assert time.monotonic() - started < 0.5
+            outcomes = [f.result().json() for f in running]
+        assert all(o["ok"] is False and o["error"].startswith("timeout") for o in outcomes), outcomes
+        assert c.post("/v1/tools", json=spec(gateway, name="fast_b")).status_code == 201
+        after = c.post("/v1/tools/fast_b/test", json={"arguments": {"order_id": "1234"}})  # the slots are free again
+        assert after.status_code == 200 and after.json()["ok"] is True
 
 
 # ---- the CLI ------------------------------------------------------------------------------------------

@@ -6,10 +6,12 @@ manage them, plus `/test`, which makes the same call the model would, so a tenan
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
@@ -19,6 +21,10 @@ from shared import tools
 
 router = APIRouter(tags=["tools"])
 
+# Test calls wait on tenants' endpoints for up to 30 s each: they get threads of their own, a few at a
+# time, so a burst of them cannot take the threads every other synchronous route runs on.
+TEST_CALL_SLOTS = 8
+TEST_CALLS = anyio.CapacityLimiter(TEST_CALL_SLOTS)
 # The error code of a refused spec, by the field that was wrong.
 FIELD_CODES = {"name": "invalid_tool_name", "parameters": "invalid_parameters", "url": "invalid_tool_url"}
 
@@ -108,7 +114,7 @@ def delete_tool(name: str, conn: RedisDep, tenant: TenantDep) -> Response:
 
 
 @router.post("/v1/tools/{name}/test")
-def try_tool(name: str, body: TryCall, conn: RedisDep, tenant: TenantDep) -> dict[str, Any]:
+async def try_tool(name: str, body: TryCall, conn: RedisDep, tenant: TenantDep) -> dict[str, Any]:
     """Check the arguments against the tool's schema (422 with every error), then call the endpoint for
     real, as the model would, and return what came back: {ok, status, result, error, elapsed_s}."""
     tool = _owned(conn, tenant, name)
@@ -117,5 +123,10 @@ def try_tool(name: str, body: TryCall, conn: RedisDep, tenant: TenantDep) -> dic
         raise ApiError(422, "invalid_arguments", "the arguments do not match the tool's parameters: "
                        + "; ".join(errors))
     # Unsigned for now: the tenant's signing secret (its webhook secret) is not stored by the gateway yet.
-    outcome = tools.call(tool, body.arguments, secret=None, call_id=f"test_{uuid.uuid4().hex}", tenant=tenant)
+    if TEST_CALLS.available_tokens < 1:
+        raise ApiError(429, "tool_tests_busy", f"{TEST_CALL_SLOTS} tool tests are already running; retry in a "
+                       "few seconds", {"Retry-After": "2"})
+    call = functools.partial(tools.call, tool, body.arguments, secret=None, call_id=f"test_{uuid.uuid4().hex}",
+                             tenant=tenant)
+    outcome = await anyio.to_thread.run_sync(call, limiter=TEST_CALLS)
     return outcome.model_dump(mode="json")
