@@ -3,6 +3,8 @@
     /ok           200 JSON {"echo": <the request's arguments>, "status": "shipped"}
     /fail         500 JSON {"error": "database down"}
     /slow         200 JSON after `slow_s` seconds (the connection is held open meanwhile)
+    /trickle      200 headers after 0.8 s, then the JSON body a byte every 0.7 s (each wait shorter than a
+                  1 s timeout, the whole much longer)
     /big          200 with a JSON body of `big_bytes` bytes
     /text         200 text/plain (not JSON)
     /empty        204 with no body
@@ -98,6 +100,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/slow":
             self.owner.sleep(self.owner.slow_s)
             self._send(200, {"late": True})
+        elif path == "/trickle":
+            self._trickle(b'{"late": true}', 0.8, 0.7)
         elif path == "/big":
             self._send_raw(200, b'{"pad": "' + b"x" * self.owner.big_bytes + b'"}', "application/json")
         elif path == "/text":
@@ -112,6 +116,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(503, {"error": "busy"}, {"Retry-After": "5"})
         else:
             self._send(404, {"error": f"no route {path}"})
+
+    def _trickle(self, data: bytes, first_s: float, gap_s: float) -> None:
+        self.owner.sleep(first_s)
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            for byte in data:
+                self.owner.sleep(gap_s)
+                self.wfile.write(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)

@@ -210,6 +210,13 @@ def test_a_slow_endpoint_times_out_within_the_budget(server: ToolServer) -> None
     assert time.monotonic() - started < 1.0
 
 
+def test_a_trickling_endpoint_is_cut_off_at_the_budget(server: ToolServer) -> None:
+    """Each read is quicker than the timeout, the whole answer is not: the budget is for the whole call."""
+    outcome = call(tool_at(server.url("/trickle"), timeout_s=1))
+    assert not outcome.ok and outcome.error is not None and outcome.error.startswith("timeout")
+    assert outcome.elapsed_s < 1.3, outcome.elapsed_s
+
+
 def test_an_oversized_answer_is_cut_off(server: ToolServer) -> None:
     outcome = call(tool_at(server.url("/big")))
     assert not outcome.ok and outcome.status == 200
