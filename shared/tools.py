@@ -135,14 +135,35 @@ def _refs(node: Any) -> list[str]:
 def check_url(url: str, *, allow_http: bool = False) -> None:
     """Refuse a URL the gateway must not call (ValueError saying why). Plain http is for a loopback host
     (tests, a sidecar) or when the operator allows it (on-prem networks); anything else goes over https."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:  # e.g. a broken IPv6 literal
+        raise ValueError(f"is not a URL: {exc}") from None
+    if parts.scheme not in ("https", "http") or not host:
         raise ValueError(f"must be an https:// URL with a host, not {url[:100]!r}")
+    if not _valid_host(host):
+        raise ValueError(f"{host[:100]!r} is not a valid host name")
     if parts.username or parts.password:
         raise ValueError("must not carry credentials: the request is signed instead")
-    if parts.scheme == "http" and not (allow_http or is_loopback(parts.hostname)):
+    if parts.scheme == "http" and not (allow_http or is_loopback(host)):
         raise ValueError("must use https (plain http is allowed only to 127.0.0.1, localhost or ::1, "
                          "unless the operator sets VQ_TOOLS_ALLOW_HTTP)")
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        host.encode("idna")  # refuses empty and over-long labels, as the request would later
+        return True
+    except UnicodeError:
+        return False
 
 
 def is_loopback(host: str) -> bool:
@@ -226,7 +247,7 @@ def check_arguments(tool: Tool, arguments: Any) -> list[str]:
 
 def request_body(tool: Tool, arguments: dict[str, Any], call_id: str, tenant: str) -> bytes:
     return json.dumps({"tool": tool.name, "arguments": arguments, "call_id": call_id, "tenant": tenant},
-                      ensure_ascii=False).encode()
+                      ensure_ascii=False, allow_nan=False).encode()
 
 
 def request_headers(tool: Tool, body: bytes, secret: str | None) -> dict[str, str]:
@@ -246,8 +267,8 @@ def call(tool: Tool, arguments: dict[str, Any], *, secret: str | None, call_id: 
     outcome: list[ToolOutcome] = []
     # httpx's timeouts bound each step (connect, each read), not the whole request: the request runs in a
     # thread of its own and the line waits for it no longer than the budget.
-    worker = threading.Thread(target=lambda: outcome.append(_attempts(tool, arguments, secret, call_id, tenant,
-                                                                      deadline)),
+    worker = threading.Thread(target=lambda: outcome.append(_guarded(tool, arguments, secret, call_id, tenant,
+                                                                     deadline)),
                               name=f"tool-{tool.name}", daemon=True)
     worker.start()
     worker.join(budget)
@@ -255,6 +276,14 @@ def call(tool: Tool, arguments: dict[str, Any], *, secret: str | None, call_id: 
     if not outcome:
         return ToolOutcome(ok=False, error=f"timeout: no answer within {budget:g} s", elapsed_s=elapsed)
     return outcome[0].model_copy(update={"elapsed_s": elapsed})
+
+
+def _guarded(tool: Tool, arguments: dict[str, Any], secret: str | None, call_id: str, tenant: str,
+             deadline: float) -> ToolOutcome:
+    try:
+        return _attempts(tool, arguments, secret, call_id, tenant, deadline)
+    except Exception as exc:  # the caller is promised an outcome, whatever the URL or the endpoint does
+        return ToolOutcome(ok=False, error=f"the call failed: {type(exc).__name__}: {exc}")
 
 
 def _attempts(tool: Tool, arguments: dict[str, Any], secret: str | None, call_id: str, tenant: str,

@@ -67,6 +67,10 @@ BAD_SPECS: dict[str, tuple[dict[str, Any], str]] = {
     "http to another host": (spec(url="http://shop.example/order"), "must use https"),
     "ftp": (spec(url="ftp://shop.example/order"), "https:// URL with a host"),
     "no host": (spec(url="https:///order"), "https:// URL with a host"),
+    "space in url": (spec(url="https://exa mple.com/order"), "must not contain spaces or control characters"),
+    "control character in url": (spec(url="https://exa\x00mple.com/order"), "must not contain spaces"),
+    "empty host label": (spec(url="https://shop..example/order"), "'shop..example' is not a valid host name"),
+    "broken ipv6 literal": (spec(url="https://[::1/order"), "is not a URL: Invalid IPv6 URL"),
     "credentials in url": (spec(url="https://me:pw@shop.example/order"), "must not carry credentials"),
     "timeout too short": (spec(timeout_s=0.1), "greater than or equal to 0.5"),
     "timeout too long": (spec(timeout_s=31), "less than or equal to 30"),
@@ -258,8 +262,19 @@ def test_nothing_listening_is_a_connection_error() -> None:
 
 
 def test_arguments_that_are_not_json_do_not_raise(server: ToolServer) -> None:
-    outcome = call(tool_at(server.url("/ok")), {"order_id": object()})
-    assert not outcome.ok and outcome.error is not None and "not JSON" in outcome.error
+    for arguments in ({"order_id": object()}, {"amount": float("nan")}):
+        outcome = call(tool_at(server.url("/ok")), arguments)
+        assert not outcome.ok and outcome.error is not None and "not JSON" in outcome.error, outcome
+    assert not [r for r in server.requests if b"NaN" in r.body]
+
+
+def test_a_url_httpx_cannot_use_gives_an_outcome_not_an_exception() -> None:
+    # Stored tools are not re-checked on load; a URL that slipped through must still not raise.
+    tool = tools.parse(spec()).model_copy(update={"url": "https://shop..example/t"})
+    outcome = call(tool)
+    assert not outcome.ok and outcome.error is not None
+    assert outcome.error.startswith("the call failed: UnicodeError"), outcome.error
+    assert outcome.elapsed_s < 1
 
 
 def test_a_broken_local_ref_is_reported_not_raised() -> None:
