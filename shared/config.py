@@ -109,6 +109,10 @@ class CommonSettings(BaseSettings):
         "A delivery being retried holds an llm worker: keep attempts x (timeout + wait) small.")
     webhook_retention_s: int = Field(
         7 * 24 * 3600, ge=60, description="How long webhook deliveries and dead letters are kept.")
+    tools_allow_http: bool = Field(
+        False, description="Let tenants register custom tools at plain http:// URLs on any host (on-prem networks); "
+        "otherwise tools use https, or http only to 127.0.0.1/localhost/::1.")
+    tools_max_per_tenant: int = Field(32, ge=1, description="Custom tools a tenant may register (POST /v1/tools).")
 
     @property
     def redis_wait_ms(self) -> int:

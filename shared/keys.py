@@ -214,3 +214,15 @@ PERMANENT = (*PERMANENT, webhook_endpoint("*"))
 def twilio_transfer(call_sid: str) -> str:
     """String: where a Twilio call transferred by `transfer_to_human` is dialled (its `<Connect action>`)."""
     return f"{PREFIX}twilio-transfer:{call_sid}"
+
+# ---- a tenant's custom tools (shared/tools.py) ------------------------------------------------------
+
+TOOLS_PREFIX = f"{PREFIX}tools:"  # + tenant: a tenant's custom tools (kept until deleted)
+
+
+def tools(tenant: str) -> str:
+    """Hash: a tenant's custom tools the LLM may call, tool name -> JSON `shared.tools.Tool`."""
+    return f"{TOOLS_PREFIX}{tenant}"
+
+
+PERMANENT += (f"{TOOLS_PREFIX}*",)  # a tenant's tools live until deleted, like its knowledge base

@@ -245,6 +245,12 @@ def _add_kb(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     webhooks.add_parser(sub, parent, _default_url)
 
 
+def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from voicequeue import tools
+
+    tools.add_parser(sub)
+
+
 def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from voicequeue import apikeys
 
@@ -290,13 +296,15 @@ def parser() -> argparse.ArgumentParser:
     load.set_defaults(fn=_faq_load)
     _add_batch(sub)
     _add_kb(sub)
+    _add_tools(sub)
     _add_keys(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    if (getattr(args, "batch_command", None) or getattr(args, "kb_command", None)) and args.url is None:
+    gateway_client = ("batch_command", "kb_command", "tools_command")
+    if any(getattr(args, name, None) for name in gateway_client) and args.url is None:
         args.url = _default_url()
     sys.exit(args.fn(args))
 

@@ -31,6 +31,7 @@ from services.gateway.routes import (
     realtime,
     sessions,
     speech,
+    tools,
     transcriptions,
     turns,
     twilio_after,
@@ -112,7 +113,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                   description="Voice back-end: audio in, transcripts, answers and spoken replies out.")
     errors.install(app)
     for module in (turns, chat, speech, transcriptions, jobs, audio, batches, sessions, health, web, calls, realtime,
-                   knowledge, twilio_after, webhooks):
+                   knowledge, twilio_after, webhooks, tools):
         app.include_router(module.router)
     openapi.install(app)
 

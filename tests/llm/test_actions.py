@@ -119,7 +119,7 @@ def test_made_up_arguments_are_refused_and_the_model_asked_again(conn: redis.Red
     with FakeOpenAI(script=script, api_key=API_KEY) as fake:
         job_id = text_job(conn, "Where is my order?", language="en")
         record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
-        first, again = fake.chat_requests
+        _, again = fake.chat_requests
     assert order_tool.requests == []  # refused before any call
     llm = record["results"]["llm"]
     [refused] = llm["tool_calls"]
