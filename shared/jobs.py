@@ -201,6 +201,7 @@ class LlmResult(Record):
     knowledge: KnowledgeUse | None = None
     tool_calls: list[ToolCallRecord] = []
     action: str | None = None  # what the conversation does next: transfer or end_call
+    tool_decision: dict[str, Any] | None = None  # guided tool use: the candidate actions and the model's pick
 
 
 class AnalysisResult(Record):

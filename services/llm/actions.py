@@ -99,6 +99,7 @@ class Turn:
     filler_after_s: float
     records: list[ToolCallRecord] = field(default_factory=list)  # the calls made, for the job record
     action: str | None = None
+    decision: dict[str, Any] | None = None  # guided mode: the candidates, the model's pick, its seconds
 
 
 @dataclass
@@ -135,7 +136,10 @@ def builtin(turn: Turn, call: Call) -> Outcome:
         return Outcome(record, say=line("transfer", turn.language), action="transfer")
     if call.name == END_CALL:
         return Outcome(record, say=line("end_call", turn.language), action="end_call")
-    ticket = {"ticket_id": f"tkt_{secrets.token_hex(6)}", **call.arguments,
+    contact = str(call.arguments.get("contact") or "")
+    if contact and contact.lower() not in turn.said.lower():
+        contact = ""  # the model's placeholder ("your_email@example.com"), not the caller's: left out
+    ticket = {"ticket_id": f"tkt_{secrets.token_hex(6)}", **call.arguments, "contact": contact or None,
               "priority": call.arguments.get("priority") or "normal", "job_id": turn.job_id, "call_id": turn.call_id,
               "created_at": time.time()}
     record.result = {"ticket_id": ticket["ticket_id"]}
@@ -173,5 +177,8 @@ def result_note(name: str, result: Any) -> str:
 
 
 def refusal_note(call: Call, errors: list[str]) -> str:
-    return (f"Your call to {call.name} was refused: {'; '.join(errors)}. Do not call a tool now: ask the caller "
-            "for what is missing, or answer in plain words.")
+    """Names the arguments at fault but not their values: the model would read a made-up order number back."""
+    fields = sorted({e.split(":", 1)[0] for e in errors if ":" in e} - {"arguments"})
+    missing = f" ({', '.join(fields)})" if fields else ""
+    return (f"The {call.name} action needs details the caller has not given{missing}. Do not make them up and "
+            "do not mention any action: ask the caller for what is missing, or answer in plain words.")

@@ -49,6 +49,11 @@ class LlmSettings(CommonSettings):
     llm_tools: bool = Field(
         True, description="Offer the model the built-in actions (transfer_to_human, end_call, create_ticket) and "
         "the tenant's own tools (/v1/tools). Off: replies are words only.")
+    llm_tool_mode: Literal["guided", "native"] = Field(
+        "guided", description="How the model calls tools. guided: when the caller's words could be about an "
+        "action, a short JSON-schema-constrained request asks the model which one (then its arguments); "
+        "what small local models need. native: the tools go with the reply (OpenAI tools interface), for models "
+        "trained on tool calls.")
     llm_tool_filler_after_s: float = Field(
         1.5, ge=0, description="A tenant tool slower than this gets a filler line (\"One moment while I check "
         "that.\") spoken while the caller waits.")

@@ -16,7 +16,7 @@ from typing import Any
 
 import openai
 
-from services.llm import actions, analysis, embeddings, prompts, tool_calls
+from services.llm import actions, analysis, embeddings, guided, prompts, tool_calls
 from services.llm.config import LlmSettings
 from services.llm.embeddings import MiniLM
 from services.llm.engines.base import ChatEngine, ChatResult, ChatStream, Message
@@ -114,6 +114,8 @@ def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
         result.knowledge = grounded.use
     if acting is not None:
         result.tool_calls, result.action = acting.records, acting.action
+        if acting.decision is not None:
+            result.tool_decision = acting.decision  # which actions the words could mean, and the model's pick
     result.text = deltas.text  # on a re-run, the words listeners already got stand
     if result.finish_reason == "cancelled":
         return result  # the job is gone or cancelled: stage.run stores nothing
@@ -241,23 +243,52 @@ def answer_from_llm(
     nothing (`grounded.reply`), the model is asked only whether to act, and otherwise the fixed line is said."""
     settings, engine = ctx.resources.settings, ctx.resources.engine
     turns = settings.session_max_turns if ctx.job.options.session_id else history_turns(ctx.job, settings)
-    if acting is not None:
+    native = acting is not None and settings.llm_tool_mode == "native"
+    if native:
         system = f"{system}\n\n{actions.INSTRUCTIONS}"
     messages = prompts.build(text, system=system, language=language, history=history, turns=turns)
     if grounded is not None:
         messages = grounded.messages(messages)
     fixed = grounded.reply if grounded is not None else None
-    hold = tool_calls.Hold() if acting is not None else None
-    offered = actions.specs(acting.custom) if acting is not None else None
+    if acting is not None and not native:
+        call = guided_call(ctx, acting, text, prompts.recent_history(history, turns))
+        if call is not None:
+            return act(ctx, acting, call, messages, deltas, grounded, no_reply(engine.model))
+        if fixed is not None:
+            say(deltas, fixed)
+            return no_reply(engine.model)
+    hold = tool_calls.Hold() if native else None
+    offered = actions.specs(acting.custom) if native and acting is not None else None
     result = speak(ctx, engine.stream(messages, tools=offered), deltas, grounded, hold, only_act=fixed is not None)
     call = None
-    if acting is not None and hold is not None and not ctx.cancelled():
+    if native and hold is not None and not ctx.cancelled():
         call = tool_calls.from_server(result.tool_calls) or (tool_calls.from_text(hold.held) if hold.decided else None)
     if call is None or acting is None:
         if fixed is not None and not ctx.cancelled():
             say(deltas, fixed)
         return result
     return act(ctx, acting, call, messages, deltas, grounded, result)
+
+
+def guided_call(ctx: StageContext[Resources], acting: actions.Turn, text: str,
+                history: list[Message]) -> tool_calls.Call | None:
+    """The action the model picks for the caller's words, with its arguments (`services.llm.guided`)."""
+    names = guided.candidates(text, acting.custom)
+    if not names:
+        return None
+    start = time.monotonic()
+    engine = ctx.resources.engine
+    chosen = guided.choose(engine, text, history, names, acting.custom)
+    call = guided.fill(engine, chosen, text, history, acting.custom) if chosen is not None else None
+    acting.decision = {"candidates": names, "chosen": chosen, "seconds": round(time.monotonic() - start, 3)}
+    log.info("action decided", extra={"job_id": ctx.job_id, **acting.decision})
+    return call
+
+
+def no_reply(model: str) -> ChatResult:
+    """The accounting of a turn the model did not write (its words are a fixed line)."""
+    return ChatResult(text="", model=model, prompt_tokens=0, completion_tokens=0, usage_estimated=False,
+                      ttft_s=None, finish_reason="stop", retries=0)
 
 
 def speak(ctx: StageContext[Resources], reply: ChatStream, deltas: Deltas, grounded: grounding.Grounding | None,

@@ -175,14 +175,15 @@ def wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes] | None, timeo
 
 
 def chat_messages(settings: LlmSettings) -> list[dict[str, str]]:
-    if settings.llm_tools:  # as the stage sends it (services.llm.tasks.answer_from_llm)
+    # As the stage sends it (services.llm.tasks.answer_from_llm): native tool use adds the instructions.
+    if settings.llm_tools and settings.llm_tool_mode == "native":
         return [{"role": "system", "content": f"{settings.llm_system_prompt}\n\n{actions.INSTRUCTIONS}"}]
     return [{"role": "system", "content": settings.llm_system_prompt}]
 
 
 def chat_tools(settings: LlmSettings) -> list[dict[str, Any]] | None:
     """The built-in tools: the template writes them into the system turn, so they are part of the prefix."""
-    return actions.specs([]) if settings.llm_tools else None
+    return actions.specs([]) if settings.llm_tools and settings.llm_tool_mode == "native" else None
 
 
 def analysis_messages(settings: LlmSettings) -> list[dict[str, str]]:

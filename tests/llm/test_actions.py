@@ -1,6 +1,10 @@
-"""Tool calls in the llm stage, against a fake OpenAI server that calls tools the way OpenAI does (streamed
-`tool_calls`), and a real local HTTP server as the tenant's tool: built-in actions, a refused call put back to
-the model, a tool's result answered from, a slow tool's filler line, a failed tool, and a ticket's webhook."""
+"""Tool calls in the llm stage, against a fake OpenAI server, and a real local HTTP server as the tenant's tool.
+
+Guided mode (the default): the decision and the arguments are JSON answers to constrained requests.
+Native mode: the tools go with the reply, and the fake calls them the way OpenAI does (streamed
+`tool_calls`) or as the small local model does (written as text). Covered: built-in actions, a refused call
+put back to the model, a tool's result answered from, a slow tool's filler line, a failed tool, a ticket's
+webhook."""
 
 from __future__ import annotations
 
@@ -73,25 +77,49 @@ def deltas_text(conn: redis.Redis, job_id: str) -> list[str]:
     return [str(d["text"]) for _, kind, d in all_events(conn, job_id) if kind == "llm.delta"]
 
 
-def test_every_reply_offers_the_built_in_actions(conn: redis.Redis, redis_url: str) -> None:
+def test_a_question_that_names_no_action_costs_no_decision(conn: redis.Redis, redis_url: str) -> None:
     with FakeOpenAI(default=Reply("We open at nine."), api_key=API_KEY) as fake:
         record = run_llm(conn, settings_for(fake.base_url, redis_url), text_job(conn, "When do you open?"))
+        [req] = fake.chat_requests  # the reply only
+    assert "tools" not in req.body and "response_format" not in req.body
+    assert record["results"]["llm"]["text"] == "We open at nine."
+    assert "tool_decision" not in record["results"]["llm"]
+
+
+def test_native_mode_offers_the_built_in_actions_with_every_reply(conn: redis.Redis, redis_url: str) -> None:
+    native = {"llm_tool_mode": "native"}
+    with FakeOpenAI(default=Reply("We open at nine."), api_key=API_KEY) as fake:
+        record = run_llm(conn, settings_for(fake.base_url, redis_url, **native), text_job(conn, "When is it open?"))
         [req] = fake.chat_requests
     offered = [t["function"]["name"] for t in req.body["tools"]]
     assert offered[:3] == ["transfer_to_human", "end_call", "create_ticket"]
     assert record["results"]["llm"]["text"] == "We open at nine."
     assert "tool_calls" not in record["results"]["llm"] or record["results"]["llm"]["tool_calls"] == []
-    off = settings_for(fake.base_url, redis_url, llm_tools=False)
     with FakeOpenAI(default=Reply("We open at nine."), api_key=API_KEY) as fake:
-        run_llm(conn, off, text_job(conn, "When do you open?"))
+        run_llm(conn, settings_for(fake.base_url, redis_url, llm_tools=False), text_job(conn, "When do you close?"))
         assert "tools" not in fake.chat_requests[0].body
 
 
-def test_a_transfer_request_is_said_and_recorded_as_the_action(conn: redis.Redis, redis_url: str) -> None:
+def test_a_transfer_request_is_decided_said_and_recorded(conn: redis.Redis, redis_url: str) -> None:
+    with FakeOpenAI(default=Reply('{"action": "transfer_to_human"}'), api_key=API_KEY) as fake:
+        job_id = text_job(conn, "I want to talk to a person", language="en")
+        record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
+        [decision] = fake.chat_requests  # a built-in says its own line: no reply from the model
+    assert not decision.body.get("stream")
+    schema = decision.body["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["action"]["enum"] == ["transfer_to_human", "none"]
+    llm = record["results"]["llm"]
+    assert llm["action"] == "transfer" and llm["tool_decision"]["chosen"] == "transfer_to_human"
+    assert llm["text"] == actions.LINES["transfer"]["en"] == "".join(deltas_text(conn, job_id))
+    [made] = llm["tool_calls"]
+    assert made["name"] == "transfer_to_human" and made["status"] == "done"
+
+
+def test_a_native_tool_call_is_said_and_recorded(conn: redis.Redis, redis_url: str) -> None:
     call = Reply("", tool_calls=[("transfer_to_human", '{"reason": "caller asked for a person"}')])
     with FakeOpenAI(default=call, api_key=API_KEY) as fake:
         job_id = text_job(conn, "I want to talk to a person", language="en")
-        record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
+        record = run_llm(conn, settings_for(fake.base_url, redis_url, llm_tool_mode="native"), job_id)
         assert len(fake.chat_requests) == 1  # a built-in says its own line: no second model call
     llm = record["results"]["llm"]
     assert llm["action"] == "transfer"
@@ -105,7 +133,7 @@ def test_a_call_the_model_writes_as_text_is_never_spoken(conn: redis.Redis, redi
     written = '{{"name": "end_call", "arguments": {}}}}'
     with FakeOpenAI(default=Reply(written), api_key=API_KEY) as fake:
         job_id = text_job(conn, "谢谢，再见", language="zh")
-        record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
+        record = run_llm(conn, settings_for(fake.base_url, redis_url, llm_tool_mode="native"), job_id)
     llm = record["results"]["llm"]
     assert llm["action"] == "end_call" and llm["text"] == actions.LINES["end_call"]["zh"]
     assert "{" not in "".join(deltas_text(conn, job_id))
@@ -114,17 +142,19 @@ def test_a_call_the_model_writes_as_text_is_never_spoken(conn: redis.Redis, redi
 
 def test_made_up_arguments_are_refused_and_the_model_asked_again(conn: redis.Redis, redis_url: str,
                                                                  order_tool: ToolServer) -> None:
-    script = [Reply("", tool_calls=[("lookup_order", '{"order_id": "12345"}')]),
+    script = [Reply('{"action": "lookup_order"}'), Reply('{"order_id": "12345"}'),
               Reply("Could you tell me your order number, please?")]
     with FakeOpenAI(script=script, api_key=API_KEY) as fake:
         job_id = text_job(conn, "Where is my order?", language="en")
         record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
-        _, again = fake.chat_requests
+        _, _, again = fake.chat_requests
     assert order_tool.requests == []  # refused before any call
     llm = record["results"]["llm"]
     [refused] = llm["tool_calls"]
     assert refused["status"] == "refused" and "12345 was not said by the caller" in refused["errors"][0]
-    assert "was refused" in again.body["messages"][0]["content"] and "tools" not in again.body
+    note = again.body["messages"][0]["content"]
+    assert "needs details the caller has not given (order_id)" in note and "12345" not in note
+    assert "tools" not in again.body
     assert llm["text"] == "Could you tell me your order number, please?"
     assert llm["action"] is None
 
@@ -132,13 +162,13 @@ def test_made_up_arguments_are_refused_and_the_model_asked_again(conn: redis.Red
 def test_a_tools_result_goes_back_to_the_model_for_the_answer(conn: redis.Redis, redis_url: str,
                                                               order_tool: ToolServer) -> None:
     endpoint = webhooks.set_endpoint(conn, "public", "http://127.0.0.1:9/unused")
-    script = [Reply("", tool_calls=[("lookup_order", '{"order_id": "12345"}')]),
+    script = [Reply('{"action": "lookup_order"}'), Reply('{"order_id": "12345"}'),
               Reply("Your order 12345 has shipped and arrives on Friday.")]
     try:
         with FakeOpenAI(script=script, api_key=API_KEY) as fake:
             job_id = text_job(conn, "Where is my order 12345?", language="en")
             record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
-            _, follow_up = fake.chat_requests
+            _, _, follow_up = fake.chat_requests
     finally:
         webhooks.delete_endpoint(conn, "public")
     [(headers, body)] = order_tool.requests
@@ -153,7 +183,7 @@ def test_a_tools_result_goes_back_to_the_model_for_the_answer(conn: redis.Redis,
 
 def test_a_slow_tool_gets_a_filler_line_first(conn: redis.Redis, redis_url: str, order_tool: ToolServer) -> None:
     order_tool.delay_s = 1.5
-    script = [Reply("", tool_calls=[("lookup_order", '{"order_id": "12345"}')]), Reply("It has shipped.")]
+    script = [Reply('{"action": "lookup_order"}'), Reply('{"order_id": "12345"}'), Reply("It has shipped.")]
     with FakeOpenAI(script=script, api_key=API_KEY) as fake:
         job_id = text_job(conn, "Where is my order 12345?", language="en")
         record = run_llm(conn, settings_for(fake.base_url, redis_url, llm_tool_filler_after_s=0.3), job_id)
@@ -164,10 +194,10 @@ def test_a_slow_tool_gets_a_filler_line_first(conn: redis.Redis, redis_url: str,
 
 def test_a_failing_tool_is_told_to_the_caller(conn: redis.Redis, redis_url: str, order_tool: ToolServer) -> None:
     order_tool.status, order_tool.answer = 500, {"error": "database down"}
-    script = [Reply("", tool_calls=[("lookup_order", '{"order_id": "12345"}')])]
+    script = [Reply('{"action": "lookup_order"}'), Reply('{"order_id": "12345"}')]
     with FakeOpenAI(script=script, api_key=API_KEY) as fake:
         record = run_llm(conn, settings_for(fake.base_url, redis_url), text_job(conn, "Order 12345?", language="en"))
-        assert len(fake.chat_requests) == 1
+        assert len(fake.chat_requests) == 2  # the decision and the arguments; the failure line is fixed
     llm = record["results"]["llm"]
     assert llm["tool_calls"][0]["status"] == "failed" and llm["tool_calls"][0]["http_status"] == 500
     assert llm["text"] == actions.LINES["failed"]["en"]
@@ -178,7 +208,7 @@ def test_a_ticket_is_queued_for_the_tenants_webhook(conn: redis.Redis, redis_url
     arguments = {"subject": "Blender arrived broken", "summary": "The blender was broken on arrival.",
                  "priority": "high", "contact": "anna@example.com"}
     try:
-        with FakeOpenAI(default=Reply("", tool_calls=[("create_ticket", json.dumps(arguments))]),
+        with FakeOpenAI(script=[Reply('{"action": "create_ticket"}'), Reply(json.dumps(arguments))],
                         api_key=API_KEY) as fake:
             job_id = text_job(conn, "My blender arrived broken, please open a ticket. I'm anna@example.com")
             record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
@@ -191,3 +221,18 @@ def test_a_ticket_is_queued_for_the_tenants_webhook(conn: redis.Redis, redis_url
     assert sent["ticket_id"] == made["result"]["ticket_id"] and sent["contact"] == "anna@example.com"
     assert sent["priority"] == "high" and sent["job_id"] == job_id
     assert record["results"]["llm"]["text"] == actions.LINES["ticket"]["en"]
+
+
+def test_only_words_about_an_action_ask_the_model_for_a_decision() -> None:
+    from services.llm import guided
+
+    order = tools.parse({"name": "lookup_order", "description": "Look up an order's status by its order number.",
+                         "parameters": ORDER_SCHEMA, "url": "http://127.0.0.1:9/orders"})
+    assert guided.candidates("I want to talk to a person.", [order]) == ["transfer_to_human"]
+    assert guided.candidates("我要找人工客服", [order]) == ["transfer_to_human"]
+    assert guided.candidates("Thanks, that's all. Goodbye.", [order]) == ["end_call"]
+    assert guided.candidates("My blender arrived broken.", [order]) == ["create_ticket"]
+    assert guided.candidates("Where is my order?", [order]) == ["lookup_order"]
+    for plain in ("What are your opening hours?", "What is two plus two? Answer with the number.", "Hello",
+                  "Can I return shoes I bought last week?", "你们几点开门？"):
+        assert guided.candidates(plain, [order]) == [], plain

@@ -47,3 +47,8 @@ class ChatEngine(Protocol):
         """Start a reply; `tools` (the OpenAI chat-completions shape) lets the model call them. Raises
         `shared.retry.UpstreamError` if the upstream cannot be reached for good."""
         ...
+
+    def structured(self, messages: Sequence[Message], schema: dict[str, Any], max_tokens: int) -> Any:
+        """A short unstreamed answer constrained by the JSON `schema` (a decision, a tool's arguments), parsed;
+        None if the server's answer is not JSON."""
+        ...

@@ -14,6 +14,7 @@ passes through `outgoing` on its way out, which replaces PII per
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -143,6 +144,26 @@ class OpenAICompatEngine:
             except openai.OpenAIError:
                 time.sleep(0.5)
         return False
+
+    def structured(self, messages: Sequence[Message], schema: dict[str, Any], max_tokens: int) -> Any:
+        outgoing = self.outgoing(messages)
+
+        def once() -> Any:
+            return self.client.chat.completions.create(
+                model=self.model,
+                messages=cast("list[ChatCompletionMessageParam]", outgoing),
+                temperature=0.0,  # a decision, not a reply: the likeliest answer
+                max_tokens=max_tokens,
+                response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+            )
+
+        response = self._call(once)
+        content = response.choices[0].message.content if response.choices else None
+        try:
+            return json.loads(content or "")
+        except json.JSONDecodeError:
+            log.warning("structured answer is not JSON", extra={"answer": (content or "")[:200]})
+            return None
 
     def stream(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None = None) -> OpenAIChatStream:
         messages = self.outgoing(messages)

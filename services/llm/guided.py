@@ -1,0 +1,99 @@
+"""Tool use for small local models: the worker asks the model for its decision, constrained to valid JSON.
+
+Measured with the bundled Qwen2.5-Coder-1.5B and the product's system prompt, tools passed with the reply
+were almost never called: the model said "Transfer to human." or told the caller to "use the
+transfer_to_human function" instead. Asked on its own, with the answer constrained by a JSON schema to the
+action names, it chose right on every built-in request tried (English and Chinese), and never for small
+talk. So in `guided` mode (the default; `native` passes the tools with the reply, for models trained on
+tool calls):
+
+1. `candidates`: a cheap word check says which actions the caller's words could be about (a person, a
+   goodbye, a fault; a custom tool sharing a content word with its name or description). Most turns
+   name none, and go straight to the reply: no added latency.
+2. `choose`: otherwise one short constrained request picks one of those actions, or none.
+3. `fill`: the chosen action's arguments, constrained by its JSON schema. The usual checks then apply
+   (`tool_calls.check`: a figure the caller never said is refused).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from services.llm import actions
+from services.llm.engines.base import ChatEngine, Message
+from services.llm.knowledge import lexical
+from services.llm.tool_calls import Call
+from shared import tools
+
+TRIGGERS = {
+    actions.TRANSFER: re.compile(
+        r"\b(human|person|people|agent|operator|representative|someone|somebody|colleague|manager|supervisor|"
+        r"staff|real)\b|人工|转接|真人|客服|经理|主管|接线员", re.IGNORECASE),
+    actions.END_CALL: re.compile(
+        r"\b(bye|goodbye|hang up|that'?s all|that is all|nothing else)\b|再见|拜拜|挂了|没有了|没别的", re.IGNORECASE),
+    actions.TICKET: re.compile(
+        r"\b(ticket|complain\w*|broken|damaged|faulty|defect\w*|not working|doesn'?t work|stopped working|"
+        r"report|follow[- ]up|call me back)\b|工单|投诉|坏了|损坏|报修|故障|不能用|回电", re.IGNORECASE),
+}
+NONE = "none"
+ROUTER = (
+    "You decide whether a customer-service phone call needs an action now. Read the caller's last words and "
+    "answer with the one action they ask for, or none.\nActions:\n{actions}\n- none: anything else: a "
+    "question (opening hours, prices, delivery, returns, policies), small talk, or thanks."
+)
+FILL = (
+    "Fill in the arguments of the {name} action ({description}) from the conversation. Use only details the "
+    "caller gave; leave out optional details they did not give."
+)
+
+
+def candidates(text: str, custom: Sequence[tools.Tool]) -> list[str]:
+    """The actions the caller's words may be about, in offer order."""
+    found = [name for name, pattern in TRIGGERS.items() if pattern.search(text)]
+    said = set(lexical.terms(text))
+    for tool in custom:
+        # A word of the tool's name ("order" of lookup_order), or two of its description: one common word
+        # ("number") would send every question about numbers to the model for a decision.
+        named = set(lexical.terms(tool.name.replace("_", " ").replace("-", " ")))
+        if said & named or len(said & set(lexical.terms(tool.description))) >= 2:
+            found.append(tool.name)
+    return found
+
+
+def describe(name: str, custom: Sequence[tools.Tool]) -> tuple[str, dict[str, Any]]:
+    """(description, parameters schema) of a built-in or custom action."""
+    if name in actions.BUILTIN:
+        return actions.BUILTIN[name]["description"], actions.BUILTIN[name]["parameters"]
+    tool = next(t for t in custom if t.name == name)
+    return tool.description, tool.parameters
+
+
+def _conversation(text: str, history: Sequence[Message]) -> list[Message]:
+    return [*history[-2:], {"role": "user", "content": text}]
+
+
+def choose(engine: ChatEngine, text: str, history: Sequence[Message], names: list[str],
+           custom: Sequence[tools.Tool]) -> str | None:
+    """The action the model picks among `names`, or None."""
+    listed = "\n".join(f"- {n}: {describe(n, custom)[0]}" for n in names)
+    schema = {"type": "object", "properties": {"action": {"enum": [*names, NONE]}}, "required": ["action"]}
+    messages: list[Message] = [{"role": "system", "content": ROUTER.format(actions=listed)},
+                               *_conversation(text, history)]
+    value = engine.structured(messages, schema, max_tokens=24)
+    chosen = value.get("action") if isinstance(value, dict) else None
+    return chosen if isinstance(chosen, str) and chosen in names else None
+
+
+def fill(engine: ChatEngine, name: str, text: str, history: Sequence[Message],
+         custom: Sequence[tools.Tool]) -> Call:
+    """The model's arguments for `name`. A built-in whose arguments are all optional (a transfer's reason)
+    needs no request: the caller is not kept waiting for a detail nobody needs."""
+    description, schema = describe(name, custom)
+    if not schema.get("properties") or (name in actions.BUILTIN and not schema.get("required")):
+        return Call(name, {})
+    messages: list[Message] = [{"role": "system", "content": FILL.format(name=name, description=description)},
+                               *_conversation(text, history)]
+    value = engine.structured(messages, schema, max_tokens=200)
+    return Call(name, value if value is not None else "(no valid JSON)")
