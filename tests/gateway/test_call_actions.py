@@ -96,3 +96,27 @@ def test_twilio_asks_where_a_transferred_call_goes(stack: Stack, client: httpx.C
     assert client.post("/v1/telephony/twilio/after", data={}).status_code == 400
     assert twilio_signature.sign("t", "https://h/x", {"b": "2", "a": "1"}) == twilio_signature.sign(
         "t", "https://h/xa1b2")
+
+
+def test_a_ticket_request_reaches_the_tenants_webhook_signed(client: httpx.Client) -> None:
+    with receiving() as receiver:
+        r = client.put("/v1/webhooks", json={"url": receiver.url, "events": ["ticket.created"]})
+        assert r.status_code == 200, r.text
+        secret = r.json()["secret"]
+        try:
+            links = post_chat(client, "My blender arrived broken, please open a ticket. My email is anna@example.com",
+                              speak=False)
+            llm = read_sse(client, links["events_url"])[-1]["data"]["job"]["results"]["llm"]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not receiver.requests:
+                time.sleep(0.2)
+        finally:
+            client.delete("/v1/webhooks")
+    [made] = llm["tool_calls"]
+    assert made["name"] == "create_ticket" and made["status"] == "done", llm
+    assert "ticket" in llm["text"].lower()
+    [sent] = receiver.requests
+    assert receiver.verified(sent, secret)
+    ticket = json.loads(sent.body)["data"]
+    assert ticket["ticket_id"] == made["result"]["ticket_id"]
+    assert ticket["contact"] == "anna@example.com" and "blender" in (ticket["subject"] + ticket["summary"]).lower()

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from services.gateway.deps import RedisDep, SettingsDep, TenantDep
 from services.gateway.errors import ApiError
-from shared import tools
+from shared import tools, webhooks
 
 router = APIRouter(tags=["tools"])
 
@@ -122,11 +122,11 @@ async def try_tool(name: str, body: TryCall, conn: RedisDep, tenant: TenantDep) 
     if errors:
         raise ApiError(422, "invalid_arguments", "the arguments do not match the tool's parameters: "
                        + "; ".join(errors))
-    # Unsigned for now: the tenant's signing secret (its webhook secret) is not stored by the gateway yet.
     if TEST_CALLS.available_tokens < 1:
         raise ApiError(429, "tool_tests_busy", f"{TEST_CALL_SLOTS} tool tests are already running; retry in a "
                        "few seconds", {"Retry-After": "2"})
-    call = functools.partial(tools.call, tool, body.arguments, secret=None, call_id=f"test_{uuid.uuid4().hex}",
-                             tenant=tenant)
+    endpoint = webhooks.get_endpoint(conn, tenant)  # signed as the LLM stage signs: with the webhook secret
+    call = functools.partial(tools.call, tool, body.arguments, secret=endpoint.secret if endpoint else None,
+                             call_id=f"test_{uuid.uuid4().hex}", tenant=tenant)
     outcome = await anyio.to_thread.run_sync(call, limiter=TEST_CALLS)
     return outcome.model_dump(mode="json")
