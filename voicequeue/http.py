@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import httpx
@@ -36,3 +37,24 @@ def retry_after(response: httpx.Response) -> float:
 def client(url: str, api_key: str | None, timeout_s: float) -> httpx.Client:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     return httpx.Client(base_url=url, timeout=timeout_s, headers=headers, transport=PatientTransport())
+
+
+def error_text(response: httpx.Response) -> str:
+    """The gateway's reason for a refusal (`{"error": {"message"}}`), else the status."""
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"
+
+
+def delete_each(client: httpx.Client, route: str, names: list[str], command: str) -> int:
+    """DELETE `route/<name>` for each name, saying what happened to each; 1 if any failed."""
+    code = 0
+    for name in names:
+        response = client.delete(f"{route}/{name}")
+        if response.status_code == 204:
+            print(f"removed {name}")
+        else:
+            print(f"voicequeue {command}: {name}: {error_text(response)}", file=sys.stderr)
+            code = 1
+    return code

@@ -41,13 +41,6 @@ def doc_id(name: str) -> str:
     return knowledge.doc_id_for(name)
 
 
-def _error(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code}"
-
-
 def _progress(done: int, total: int, what: str, quiet: bool) -> None:
     if not quiet:
         width = 30
@@ -76,7 +69,7 @@ def add(args: argparse.Namespace) -> int:
             if response.status_code == 202:
                 pending[response.json()["id"]] = name
             else:
-                refused.append(f"{name}: {_error(response)}")
+                refused.append(f"{name}: {http.error_text(response)}")
         _progress(len(files), len(files), "uploaded", args.quiet)
         failed = _follow(client, pending, args) if args.wait else []
     if not args.quiet:
@@ -114,7 +107,7 @@ def listing(args: argparse.Namespace) -> int:
     with http.client(args.url, args.api_key, args.timeout) as client:
         response = client.get(ROUTE)
     if response.status_code != 200:
-        print(f"voicequeue kb list: {_error(response)}", file=sys.stderr)
+        print(f"voicequeue kb list: {http.error_text(response)}", file=sys.stderr)
         return 1
     docs = response.json()["documents"]
     for doc in docs:
@@ -124,15 +117,8 @@ def listing(args: argparse.Namespace) -> int:
 
 
 def remove(args: argparse.Namespace) -> int:
-    code = 0
     with http.client(args.url, args.api_key, args.timeout) as client:
-        for ident in args.ids:
-            response = client.delete(f"{ROUTE}/{ident}")
-            if response.status_code == 204:
-                print(f"removed {ident}")
-            else:
-                print(f"voicequeue kb remove: {ident}: {_error(response)}", file=sys.stderr)
-                code = 1
+        code = http.delete_each(client, ROUTE, args.ids, "kb remove")
     return code
 
 

@@ -22,13 +22,6 @@ HTTP_TIMEOUT_S = 60.0  # the tool's own timeout is at most 30 s, so `test` alway
 EXIT_USAGE = 2
 
 
-def _error(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code}"
-
-
 def _json_arg(value: str, what: str) -> Any:
     """JSON given inline, or read from a file as @path."""
     text = Path(value[1:]).read_text() if value.startswith("@") else value
@@ -57,7 +50,7 @@ def add(args: argparse.Namespace) -> int:
     with _client(args) as client:
         response = client.post(ROUTE, json=spec)
     if response.status_code != 201:
-        print(f"voicequeue tools add: {args.name}: {_error(response)}", file=sys.stderr)
+        print(f"voicequeue tools add: {args.name}: {http.error_text(response)}", file=sys.stderr)
         return 1
     tool = response.json()
     print(f"added {tool['name']} -> {tool['url']} (timeout {tool['timeout_s']:g} s)")
@@ -68,7 +61,7 @@ def listing(args: argparse.Namespace) -> int:
     with _client(args) as client:
         response = client.get(ROUTE)
     if response.status_code != 200:
-        print(f"voicequeue tools list: {_error(response)}", file=sys.stderr)
+        print(f"voicequeue tools list: {http.error_text(response)}", file=sys.stderr)
         return 1
     found = response.json()["tools"]
     for tool in found:
@@ -78,16 +71,8 @@ def listing(args: argparse.Namespace) -> int:
 
 
 def remove(args: argparse.Namespace) -> int:
-    code = 0
     with _client(args) as client:
-        for name in args.names:
-            response = client.delete(f"{ROUTE}/{name}")
-            if response.status_code == 204:
-                print(f"removed {name}")
-            else:
-                print(f"voicequeue tools remove: {name}: {_error(response)}", file=sys.stderr)
-                code = 1
-    return code
+        return http.delete_each(client, ROUTE, args.names, "tools remove")
 
 
 def test(args: argparse.Namespace) -> int:
@@ -99,7 +84,7 @@ def test(args: argparse.Namespace) -> int:
     with _client(args) as client:
         response = client.post(f"{ROUTE}/{args.name}/test", json={"arguments": arguments})
     if response.status_code != 200:
-        print(f"voicequeue tools test: {args.name}: {_error(response)}", file=sys.stderr)
+        print(f"voicequeue tools test: {args.name}: {http.error_text(response)}", file=sys.stderr)
         return 1
     outcome = response.json()
     print(json.dumps(outcome, ensure_ascii=False, indent=2))

@@ -20,13 +20,6 @@ from voicequeue import http
 ROUTE = "/v1/webhooks"
 
 
-def _error(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code}"
-
-
 def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
 
@@ -41,7 +34,7 @@ def set_endpoint(client: httpx.Client, args: argparse.Namespace) -> int:
     response = client.put(ROUTE, json={"url": args.webhook_url, "events": _events(args.events),
                                        "rotate_secret": args.rotate_secret})
     if response.status_code != 200:
-        print(f"voicequeue webhooks set: {_error(response)}", file=sys.stderr)
+        print(f"voicequeue webhooks set: {http.error_text(response)}", file=sys.stderr)
         return 1
     endpoint = response.json()
     print(f"url:    {endpoint['url']}")
@@ -54,7 +47,7 @@ def set_endpoint(client: httpx.Client, args: argparse.Namespace) -> int:
 def show(client: httpx.Client, args: argparse.Namespace) -> int:
     response = client.get(ROUTE)
     if response.status_code != 200:
-        print(f"voicequeue webhooks show: {_error(response)}", file=sys.stderr)
+        print(f"voicequeue webhooks show: {http.error_text(response)}", file=sys.stderr)
         return 1
     endpoint = response.json()
     print(f"url:     {endpoint['url']}")
@@ -67,7 +60,7 @@ def show(client: httpx.Client, args: argparse.Namespace) -> int:
 def dead(client: httpx.Client, args: argparse.Namespace) -> int:
     response = client.get(f"{ROUTE}/dead", params={"limit": args.limit})
     if response.status_code != 200:
-        print(f"voicequeue webhooks dead: {_error(response)}", file=sys.stderr)
+        print(f"voicequeue webhooks dead: {http.error_text(response)}", file=sys.stderr)
         return 1
     letters: list[dict[str, Any]] = response.json()["dead"]
     if args.json:
@@ -85,7 +78,7 @@ def replay(client: httpx.Client, args: argparse.Namespace) -> int:
         if response.status_code == 202:
             print(f"{ident}\t{response.json()['status']}")
         else:
-            print(f"voicequeue webhooks replay: {ident}: {_error(response)}", file=sys.stderr)
+            print(f"voicequeue webhooks replay: {ident}: {http.error_text(response)}", file=sys.stderr)
             code = 1
     return code
 

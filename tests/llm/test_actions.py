@@ -9,11 +9,7 @@ webhook."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 import redis
@@ -21,6 +17,7 @@ import redis
 from services.llm import actions
 from shared import signing, tools, webhooks
 from tests.fakes.openai_server import FakeOpenAI, Reply
+from tests.fakes.tool_server import ToolServer
 from tests.llm.helpers import API_KEY, all_events, run_llm, settings_for
 from tests.llm.test_llm_stage import text_job
 
@@ -28,49 +25,17 @@ ORDER_SCHEMA = {"type": "object", "properties": {"order_id": {"type": "string", 
                 "required": ["order_id"]}
 
 
-class ToolServer:
-    """The tenant's order-lookup endpoint: answers after `delay_s` with `status` and `answer`."""
-
-    def __init__(self, status: int = 200, answer: Any = None, delay_s: float = 0.0) -> None:
-        self.status, self.answer, self.delay_s = status, answer, delay_s
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                server.requests.append((dict(self.headers), body))
-                time.sleep(server.delay_s)
-                data = json.dumps(server.answer).encode()
-                self.send_response(server.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/orders"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def order_tool(conn: redis.Redis) -> Iterator[ToolServer]:
-    server = ToolServer(answer={"order_id": "12345", "status": "shipped", "arrives": "Friday"})
-    tools.put(conn, "public", tools.parse({"name": "lookup_order", "description": "Look up an order by its number.",
-                                         "parameters": ORDER_SCHEMA, "url": server.url, "timeout_s": 5}))
-    yield server
+def endpoint(conn: redis.Redis) -> Iterator[ToolServer]:
+    with ToolServer(slow_s=1.5) as server:
+        yield server
     tools.delete(conn, "public", "lookup_order")
-    server.close()
+
+
+def order_tool(conn: redis.Redis, server: ToolServer, path: str) -> None:
+    """The tenant's order lookup, answered by the tool server's `path` (/ok, /fail, /slow)."""
+    tools.put(conn, "public", tools.parse({"name": "lookup_order", "description": "Look up an order by its number.",
+                                           "parameters": ORDER_SCHEMA, "url": server.url(path), "timeout_s": 5}))
 
 
 def deltas_text(conn: redis.Redis, job_id: str) -> list[str]:
@@ -141,14 +106,15 @@ def test_a_call_the_model_writes_as_text_is_never_spoken(conn: redis.Redis, redi
 
 
 def test_made_up_arguments_are_refused_and_the_model_asked_again(conn: redis.Redis, redis_url: str,
-                                                                 order_tool: ToolServer) -> None:
+                                                                 endpoint: ToolServer) -> None:
+    order_tool(conn, endpoint, "/ok")
     script = [Reply('{"action": "lookup_order"}'), Reply('{"order_id": "12345"}'),
               Reply("Could you tell me your order number, please?")]
     with FakeOpenAI(script=script, api_key=API_KEY) as fake:
         job_id = text_job(conn, "Where is my order?", language="en")
         record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
         _, _, again = fake.chat_requests
-    assert order_tool.requests == []  # refused before any call
+    assert endpoint.requests == []  # refused before any call
     llm = record["results"]["llm"]
     [refused] = llm["tool_calls"]
     assert refused["status"] == "refused" and "12345 was not said by the caller" in refused["errors"][0]
@@ -160,8 +126,9 @@ def test_made_up_arguments_are_refused_and_the_model_asked_again(conn: redis.Red
 
 
 def test_a_tools_result_goes_back_to_the_model_for_the_answer(conn: redis.Redis, redis_url: str,
-                                                              order_tool: ToolServer) -> None:
-    endpoint = webhooks.set_endpoint(conn, "public", "http://127.0.0.1:9/unused")
+                                                              endpoint: ToolServer) -> None:
+    order_tool(conn, endpoint, "/ok")
+    secret = webhooks.set_endpoint(conn, "public", "http://127.0.0.1:9/unused")
     script = [Reply('{"action": "lookup_order"}'), Reply('{"order_id": "12345"}'),
               Reply("Your order 12345 has shipped and arrives on Friday.")]
     try:
@@ -171,9 +138,9 @@ def test_a_tools_result_goes_back_to_the_model_for_the_answer(conn: redis.Redis,
             _, _, follow_up = fake.chat_requests
     finally:
         webhooks.delete_endpoint(conn, "public")
-    [(headers, body)] = order_tool.requests
-    assert json.loads(body)["arguments"] == {"order_id": "12345"}
-    assert signing.verify(endpoint.secret, body, headers[signing.HEADER])  # signed with the tenant's secret
+    [sent] = endpoint.requests
+    assert json.loads(sent.body)["arguments"] == {"order_id": "12345"}
+    assert signing.verify(secret.secret, sent.body, sent.headers[signing.HEADER.lower()])  # the tenant's secret
     assert '"status": "shipped"' in follow_up.body["messages"][0]["content"]
     llm = record["results"]["llm"]
     [done] = llm["tool_calls"]
@@ -181,8 +148,8 @@ def test_a_tools_result_goes_back_to_the_model_for_the_answer(conn: redis.Redis,
     assert llm["text"] == "Your order 12345 has shipped and arrives on Friday."
 
 
-def test_a_slow_tool_gets_a_filler_line_first(conn: redis.Redis, redis_url: str, order_tool: ToolServer) -> None:
-    order_tool.delay_s = 1.5
+def test_a_slow_tool_gets_a_filler_line_first(conn: redis.Redis, redis_url: str, endpoint: ToolServer) -> None:
+    order_tool(conn, endpoint, "/slow")
     script = [Reply('{"action": "lookup_order"}'), Reply('{"order_id": "12345"}'), Reply("It has shipped.")]
     with FakeOpenAI(script=script, api_key=API_KEY) as fake:
         job_id = text_job(conn, "Where is my order 12345?", language="en")
@@ -192,8 +159,8 @@ def test_a_slow_tool_gets_a_filler_line_first(conn: redis.Redis, redis_url: str,
     assert chunks[-1] == "It has shipped."
 
 
-def test_a_failing_tool_is_told_to_the_caller(conn: redis.Redis, redis_url: str, order_tool: ToolServer) -> None:
-    order_tool.status, order_tool.answer = 500, {"error": "database down"}
+def test_a_failing_tool_is_told_to_the_caller(conn: redis.Redis, redis_url: str, endpoint: ToolServer) -> None:
+    order_tool(conn, endpoint, "/fail")
     script = [Reply('{"action": "lookup_order"}'), Reply('{"order_id": "12345"}')]
     with FakeOpenAI(script=script, api_key=API_KEY) as fake:
         record = run_llm(conn, settings_for(fake.base_url, redis_url), text_job(conn, "Order 12345?", language="en"))
