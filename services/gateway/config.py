@@ -134,7 +134,10 @@ class GatewaySettings(CommonSettings):
         False, description="At such a pause, transcribe what is left and start the reply before the silence window "
         "ends the turn; it is sent only if the turn ends at that pause with the same words, and is cancelled if the "
         "caller goes on. Shortens the wait after the caller stops by up to 0.3 s, but costs ASR and LLM work at "
-        "every pause: off until it backs off under load (docs/calls.md).")
+        "every pause. It backs off under load (VQ_CALL_EAGER_MAX_BACKLOG); off by default (docs/calls.md).")
+    call_eager_max_backlog: int = Field(
+        0, ge=0, description="An eager reply starts only while the live ASR and LLM queues hold at most this "
+        "many jobs waiting for a worker: under load, speculative work would delay other callers' real turns.")
     call_step_timeout_s: float = Field(
         120.0, description="How long a call waits for the next event of a transcription or reply job before giving "
         "up on it (the job's whole run may take longer).")

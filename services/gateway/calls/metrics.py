@@ -15,5 +15,6 @@ FALSE_STARTS = Counter("voicequeue_call_vad_false_starts",
 ENDS = Counter("voicequeue_call_ends", "Calls ended, by reason.", ["transport", "reason"])
 EAGER = Counter("voicequeue_call_eager_replies",
                 "Replies started at a pause before the turn ended: adopted (the turn ended there), dropped (the "
-                "caller went on) or stale (the words or history had changed by the end of the turn).",
+                "caller went on) or stale (the words or history had changed by the end of the turn); and "
+                "pauses where none was started because the live queues had a backlog (busy).",
                 ["transport", "outcome"])

@@ -6,6 +6,7 @@ sentence audio, so a change to that contract is adapted here alone.
 - `submit_reply`: a `chat` job (plan llm → tts, sentences streamed) with the call's history passed in.
 - `reply_events`: the reply as it is produced: text deltas, then each sentence's PCM in order.
 - `cancel`: stop a reply (the LLM sees the job cancelled) and drop its queued sentence jobs.
+- `live_backlog`: how many transcriptions and replies wait for a worker (eager replies back off).
 - `notify`: a webhook event to the tenant (a transfer, the end of the call), delivered by a job.
 """
 
@@ -25,7 +26,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.eventstream import follow
 from services.gateway.submit import submit
 from services.gateway.uploads import CheckedAudio
-from shared import audio, events, jobs, retention, webhooks
+from shared import audio, events, jobs, queues, retention, webhooks
 
 # A cancelled reply's event stream is kept this long, so a late reader still sees why it ended.
 CANCELLED_STREAM_TTL_S = 60
@@ -170,3 +171,14 @@ def job_options(conn: redis.Redis, job_id: str) -> dict[str, Any] | None:
 def notify(conn: redis.Redis, settings: GatewaySettings, tenant: str, event: str, data: dict[str, Any]) -> str | None:
     """Queue a webhook delivery of `event` if the tenant has an endpoint for it; its delivery id, else None."""
     return webhooks.deliver(conn, settings, tenant, event, data)
+
+
+LIVE_QUEUES = tuple(queues.rq_key(queues.name(stage, "live")) for stage in ("asr", "llm"))
+
+
+async def live_backlog(aconn: aioredis.Redis) -> int:
+    """Jobs waiting in the live ASR and LLM queues (not those running)."""
+    async with aconn.pipeline(transaction=False) as pipe:
+        for key in LIVE_QUEUES:
+            pipe.llen(key)
+        return sum(int(n) for n in await pipe.execute())
