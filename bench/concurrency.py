@@ -23,10 +23,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import wave
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.pipeline import clips, pct  # noqa: E402
-from bench.streaming import stream_timings  # noqa: E402
+from bench.streaming import closed_loop, stream_timings  # noqa: E402
 from shared import answer_cache, redis_server  # noqa: E402
 from tests.stack import Stack, free_port, wait_http  # noqa: E402
 
@@ -46,40 +44,6 @@ SPEECH_CACHE_PREFIX = "vq:tts:speech:"
 
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def closed_loop(paths: list[Path], callers: int, one: Callable[[httpx.Client, Path], dict[str, float]],
-                base_url: str) -> tuple[list[dict[str, float]], int, float]:
-    """`callers` threads take the next clip until none is left; (rows, errors, wall seconds)."""
-    work = list(paths)
-    rows: list[dict[str, float]] = []
-    errors = [0]
-    lock = threading.Lock()
-
-    def caller() -> None:
-        with httpx.Client(base_url=base_url, timeout=600) as client:
-            while True:
-                with lock:
-                    if not work:
-                        return
-                    path = work.pop(0)
-                try:
-                    row = one(client, path)
-                except Exception as exc:  # counted and shown; the run goes on
-                    print(f"  error on {path.name}: {exc!r}", flush=True)
-                    with lock:
-                        errors[0] += 1
-                    continue
-                with lock:
-                    rows.append(row)
-
-    threads = [threading.Thread(target=caller) for _ in range(callers)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return rows, errors[0], time.perf_counter() - start
 
 
 def monolith_turn(client: httpx.Client, path: Path) -> dict[str, float]:

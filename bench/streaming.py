@@ -14,6 +14,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,10 +161,13 @@ def cached_answers(client: httpx.Client) -> list[dict[str, float]]:
     return [chat(client, q) for q in questions]
 
 
-def concurrent_turns(base_url: str, paths: list[Path], callers: int) -> list[dict[str, float]]:
-    rows: list[dict[str, float]] = []
-    lock = threading.Lock()
+def closed_loop(paths: list[Path], callers: int, one: Callable[[httpx.Client, Path], dict[str, float]],
+                base_url: str) -> tuple[list[dict[str, float]], int, float]:
+    """`callers` threads take the next clip until none is left; (rows, errors, wall seconds)."""
     work = list(paths)
+    rows: list[dict[str, float]] = []
+    errors = [0]
+    lock = threading.Lock()
 
     def caller() -> None:
         with httpx.Client(base_url=base_url, timeout=600) as client:
@@ -172,15 +176,29 @@ def concurrent_turns(base_url: str, paths: list[Path], callers: int) -> list[dic
                     if not work:
                         return
                     path = work.pop(0)
-                result = turn(client, path, stream=True)
+                try:
+                    row = one(client, path)
+                except Exception as exc:  # counted and shown; the run goes on
+                    print(f"  error on {path.name}: {exc!r}", flush=True)
+                    with lock:
+                        errors[0] += 1
+                    continue
                 with lock:
-                    rows.append(result)
+                    rows.append(row)
 
     threads = [threading.Thread(target=caller) for _ in range(callers)]
+    start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return rows, errors[0], time.perf_counter() - start
+
+
+def concurrent_turns(base_url: str, paths: list[Path], callers: int) -> list[dict[str, float]]:
+    rows, errors, _ = closed_loop(paths, callers, lambda client, path: turn(client, path, stream=True), base_url)
+    if errors:
+        raise RuntimeError(f"{errors} of {len(paths)} concurrent turns failed")
     return rows
 
 
