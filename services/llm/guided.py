@@ -27,15 +27,18 @@ from services.llm.knowledge import lexical
 from services.llm.tool_calls import Call
 from shared import tools
 
+ASK = r"\b(speak|talk|transfer|connect|put me through|get me|want|need|give me)\b"
 TRIGGERS = {
+    # A word that means a person at the business on its own, or a person named after asking for one: "someone"
+    # alone is in too many ordinary sentences ("someone took my parcel").
     actions.TRANSFER: re.compile(
-        r"\b(human|person|people|agent|operator|representative|someone|somebody|colleague|manager|supervisor|"
-        r"staff|real)\b|人工|转接|真人|客服|经理|主管|接线员", re.IGNORECASE),
+        rf"\b(human|agent|operator|representative)\b|{ASK}.*\b(person|someone|somebody|colleague|manager|"
+        r"supervisor)\b|人工|转接|真人|客服|经理|主管|接线员", re.IGNORECASE),
     actions.END_CALL: re.compile(
         r"\b(bye|goodbye|hang up|that'?s all|that is all|nothing else)\b|再见|拜拜|挂了|没有了|没别的", re.IGNORECASE),
     actions.TICKET: re.compile(
         r"\b(ticket|complain\w*|broken|damaged|faulty|defect\w*|not working|doesn'?t work|stopped working|"
-        r"report|follow[- ]up|call me back)\b|工单|投诉|坏了|损坏|报修|故障|不能用|回电", re.IGNORECASE),
+        r"follow[- ]up|call me back)\b|工单|投诉|坏了|损坏|报修|故障|不能用|回电", re.IGNORECASE),
 }
 NONE = "none"
 ROUTER = (

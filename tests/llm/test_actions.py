@@ -200,6 +200,8 @@ def test_only_words_about_an_action_ask_the_model_for_a_decision() -> None:
     assert guided.candidates("Thanks, that's all. Goodbye.", [order]) == ["end_call"]
     assert guided.candidates("My blender arrived broken.", [order]) == ["create_ticket"]
     assert guided.candidates("Where is my order?", [order]) == ["lookup_order"]
-    for plain in ("What are your opening hours?", "What is two plus two? Answer with the number.", "Hello",
+    assert guided.candidates("Can I speak to someone?", [order]) == ["transfer_to_human"]
+    for plain in ("Someone took my parcel from the doorstep.",
+                  "What are your opening hours?", "What is two plus two? Answer with the number.", "Hello",
                   "Can I return shoes I bought last week?", "你们几点开门？"):
         assert guided.candidates(plain, [order]) == [], plain
