@@ -43,9 +43,8 @@ TRIGGERS = {
 NONE = "none"
 ROUTER = (
     "You decide whether a customer-service phone call needs an action now. Read the caller's last words and "
-    "answer with the one action they ask for, or none. A caller who asks for a person gets transfer_to_human, "
-    "even if they also describe a problem.\nActions:\n{actions}\n- none: anything else: a question (opening "
-    "hours, prices, delivery, returns, policies), small talk, or thanks."
+    "answer with the one action they ask for, or none.\nActions:\n{actions}\n- none: anything else: a "
+    "question (opening hours, prices, delivery, returns, policies), small talk, or thanks."
 )
 FILL = (
     "Fill in the arguments of the {name} action ({description}) from the conversation. Use only details the "
