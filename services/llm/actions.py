@@ -178,7 +178,7 @@ def result_note(name: str, result: Any) -> str:
 
 def refusal_note(call: Call, errors: list[str]) -> str:
     """Names the arguments at fault but not their values: the model would read a made-up order number back."""
-    fields = sorted({e.split(":", 1)[0] for e in errors if ":" in e} - {"arguments"})
-    missing = f" ({', '.join(fields)})" if fields else ""
+    fields = sorted({e.split(":", 1)[0].replace("_", " ") for e in errors if ":" in e} - {"arguments"})
+    missing = f" (the {', the '.join(fields)})" if fields else ""  # "order id", as a caller would say it
     return (f"The {call.name} action needs details the caller has not given{missing}. Do not make them up and "
             "do not mention any action: ask the caller for what is missing, or answer in plain words.")

@@ -119,7 +119,7 @@ def test_made_up_arguments_are_refused_and_the_model_asked_again(conn: redis.Red
     [refused] = llm["tool_calls"]
     assert refused["status"] == "refused" and "12345 was not said by the caller" in refused["errors"][0]
     note = again.body["messages"][0]["content"]
-    assert "needs details the caller has not given (order_id)" in note and "12345" not in note
+    assert "needs details the caller has not given (the order id)" in note and "12345" not in note
     assert "tools" not in again.body
     assert llm["text"] == "Could you tell me your order number, please?"
     assert llm["action"] is None
