@@ -71,11 +71,20 @@ LINES = {
     "failed": {"en": "Sorry, I couldn't check that right now. Would you like me to transfer you to a colleague?",
                "zh": "抱歉，我现在无法查询。需要为您转接人工客服吗？"},
     "filler": {"en": "One moment while I check that.", "zh": "请稍等，我查一下。"},
+    "moment": {"en": "One moment, please.", "zh": "请稍等。"},
 }
 
 
 def line(kind: str, language: str | None) -> str:
     return LINES[kind]["zh" if (language or "").lower().startswith("zh") else "en"]
+
+
+def filler(name: str, turn: Turn) -> str:
+    """What the caller hears while an action is prepared: a tool's own filler, else a neutral line."""
+    tool = next((t for t in turn.custom if t.name == name), None)
+    if tool is not None:
+        return tool.filler or line("filler", turn.language)
+    return line("moment", turn.language)
 
 
 def specs(custom: list[tools.Tool]) -> list[dict[str, Any]]:
@@ -100,6 +109,7 @@ class Turn:
     records: list[ToolCallRecord] = field(default_factory=list)  # the calls made, for the job record
     action: str | None = None
     decision: dict[str, Any] | None = None  # guided mode: the candidates, the model's pick, its seconds
+    filler_said: bool = False  # the caller already heard "one moment" this turn
 
 
 @dataclass
@@ -152,7 +162,7 @@ def call_tool(turn: Turn, tool: tools.Tool, call: Call, say_now: Callable[[str],
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(tools.call, tool, call.arguments, secret=endpoint.secret if endpoint else None,
                               call_id=turn.call_id or turn.job_id, tenant=turn.tenant)
-        if turn.filler_after_s < tool.timeout_s:
+        if turn.filler_after_s < tool.timeout_s and not turn.filler_said:
             try:
                 pending.result(timeout=turn.filler_after_s)
             except TimeoutError:

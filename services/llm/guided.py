@@ -89,12 +89,18 @@ def choose(engine: ChatEngine, text: str, history: Sequence[Message], names: lis
     return chosen if isinstance(chosen, str) and chosen in names else None
 
 
+def needs_arguments(name: str, custom: Sequence[tools.Tool]) -> bool:
+    """Whether `fill` asks the model. A built-in whose arguments are all optional (a transfer's reason) does
+    not: the caller is not kept waiting for a detail nobody needs."""
+    schema = describe(name, custom)[1]
+    return bool(schema.get("properties")) and not (name in actions.BUILTIN and not schema.get("required"))
+
+
 def fill(engine: ChatEngine, name: str, text: str, history: Sequence[Message],
          custom: Sequence[tools.Tool]) -> Call:
-    """The model's arguments for `name`. A built-in whose arguments are all optional (a transfer's reason)
-    needs no request: the caller is not kept waiting for a detail nobody needs."""
+    """The model's arguments for `name` (none asked for when it `needs_arguments` none)."""
     description, schema = describe(name, custom)
-    if not schema.get("properties") or (name in actions.BUILTIN and not schema.get("required")):
+    if not needs_arguments(name, custom):
         return Call(name, {})
     messages: list[Message] = [{"role": "system", "content": FILL.format(name=name, description=description)},
                                *_conversation(text, history)]

@@ -25,7 +25,7 @@ from services.llm.knowledge import grounding, index, lexical
 from services.llm.knowledge.retrieve import Library
 from shared import answer_cache, jobs, metrics, queues, sessions, tools
 from shared.jobs import AnalysisResult, Job, LlmResult, Sentence
-from shared.sentences import SentenceSplitter
+from shared.sentences import SentenceSplitter, is_cjk
 from shared.stage import StageContext, StageError
 
 log = logging.getLogger(__name__)
@@ -186,11 +186,21 @@ class Deltas:
         self.text = "".join(str(d.get("text") or "") for d in earlier)
         self.index = len(earlier)
         self.skip = len(self.text)
+        self.spaced = False
         if self.text:
             chunks.feed(self.text)
 
+    def separate(self) -> None:
+        """What is added next is a new reply after a line already said ("One moment…"): keep a space
+        between them in the text (Chinese needs none)."""
+        last = self.text.rstrip()[-1:] if self.text.strip() else ""
+        self.spaced = bool(last) and self.text == self.text.rstrip() and not is_cjk(last) and last not in "。！？，"
+
     def add(self, delta: str) -> str:
         """Send `delta` (less what an earlier attempt already sent); returns what was sent."""
+        if self.spaced and delta and not self.skip:
+            delta = delta if delta[0].isspace() else f" {delta}"
+            self.spaced = False
         if self.skip:
             dropped = min(self.skip, len(delta))
             delta, self.skip = delta[dropped:], self.skip - dropped
@@ -251,7 +261,7 @@ def answer_from_llm(
         messages = grounded.messages(messages)
     fixed = grounded.reply if grounded is not None else None
     if acting is not None and not native:
-        call = guided_call(ctx, acting, text, prompts.recent_history(history, turns))
+        call = guided_call(ctx, acting, text, prompts.recent_history(history, turns), deltas)
         if call is not None:
             return act(ctx, acting, call, messages, deltas, grounded, no_reply(engine.model))
         if fixed is not None:
@@ -270,15 +280,20 @@ def answer_from_llm(
     return act(ctx, acting, call, messages, deltas, grounded, result)
 
 
-def guided_call(ctx: StageContext[Resources], acting: actions.Turn, text: str,
-                history: list[Message]) -> tool_calls.Call | None:
-    """The action the model picks for the caller's words, with its arguments (`services.llm.guided`)."""
+def guided_call(ctx: StageContext[Resources], acting: actions.Turn, text: str, history: list[Message],
+                deltas: Deltas) -> tool_calls.Call | None:
+    """The action the model picks for the caller's words, with its arguments (`services.llm.guided`). Writing
+    the arguments takes seconds (a ticket's summary: 7-8 s measured), so the caller hears a filler first."""
     names = guided.candidates(text, acting.custom)
     if not names:
         return None
     start = time.monotonic()
     engine = ctx.resources.engine
     chosen = guided.choose(engine, text, history, names, acting.custom)
+    if chosen is not None and guided.needs_arguments(chosen, acting.custom):
+        say(deltas, actions.filler(chosen, acting))
+        deltas.chunks.cut()
+        acting.filler_said = True
     call = guided.fill(engine, chosen, text, history, acting.custom) if chosen is not None else None
     acting.decision = {"candidates": names, "chosen": chosen, "seconds": round(time.monotonic() - start, 3)}
     log.info("action decided", extra={"job_id": ctx.job_id, **acting.decision})
@@ -357,6 +372,7 @@ def act(ctx: StageContext[Resources], acting: actions.Turn, call: tool_calls.Cal
         if grounded is not None and grounded.guard is not None:
             grounded.guard.allowed |= grounding.figures(json.dumps(outcome.result, ensure_ascii=False))
     system = f"{messages[0]['content']}\n\n{note}"
+    deltas.separate()
     again = speak(ctx, engine.stream([{"role": "system", "content": system}, *messages[1:]]), deltas, grounded,
                   tool_calls.Hold())  # a second call written as text is held back, never spoken
     return dataclasses.replace(again, prompt_tokens=first.prompt_tokens + again.prompt_tokens,

@@ -121,7 +121,7 @@ def test_made_up_arguments_are_refused_and_the_model_asked_again(conn: redis.Red
     note = again.body["messages"][0]["content"]
     assert "needs details the caller has not given (the order id)" in note and "12345" not in note
     assert "tools" not in again.body
-    assert llm["text"] == "Could you tell me your order number, please?"
+    assert llm["text"] == f"{actions.LINES['filler']['en']} Could you tell me your order number, please?"
     assert llm["action"] is None
 
 
@@ -145,18 +145,32 @@ def test_a_tools_result_goes_back_to_the_model_for_the_answer(conn: redis.Redis,
     llm = record["results"]["llm"]
     [done] = llm["tool_calls"]
     assert done["status"] == "done" and done["result"]["status"] == "shipped" and done["http_status"] == 200
-    assert llm["text"] == "Your order 12345 has shipped and arrives on Friday."
+    # The caller heard "one moment" while the model wrote the arguments and the tool ran.
+    assert llm["text"] == f"{actions.LINES['filler']['en']} Your order 12345 has shipped and arrives on Friday."
 
 
-def test_a_slow_tool_gets_a_filler_line_first(conn: redis.Redis, redis_url: str, endpoint: ToolServer) -> None:
-    order_tool(conn, endpoint, "/slow")
+def test_a_filler_is_said_once_before_a_tool_is_prepared(conn: redis.Redis, redis_url: str,
+                                                        endpoint: ToolServer) -> None:
+    order_tool(conn, endpoint, "/slow")  # slower than the filler threshold too: still one filler, not two
     script = [Reply('{"action": "lookup_order"}'), Reply('{"order_id": "12345"}'), Reply("It has shipped.")]
     with FakeOpenAI(script=script, api_key=API_KEY) as fake:
         job_id = text_job(conn, "Where is my order 12345?", language="en")
         record = run_llm(conn, settings_for(fake.base_url, redis_url, llm_tool_filler_after_s=0.3), job_id)
     chunks = [c["text"] for c in record["results"]["llm"]["chunks"]]
-    assert chunks[0] == actions.LINES["filler"]["en"]  # its own sentence, queued for speech before the answer
-    assert chunks[-1] == "It has shipped."
+    assert chunks == [actions.LINES["filler"]["en"], "It has shipped."]  # its own sentence, spoken first
+    assert deltas_text(conn, job_id)[0] == actions.LINES["filler"]["en"]
+
+
+def test_a_slow_native_tool_call_gets_its_filler_after_the_threshold(conn: redis.Redis, redis_url: str,
+                                                                     endpoint: ToolServer) -> None:
+    order_tool(conn, endpoint, "/slow")
+    script = [Reply("", tool_calls=[("lookup_order", '{"order_id": "12345"}')]), Reply("It has shipped.")]
+    with FakeOpenAI(script=script, api_key=API_KEY) as fake:
+        job_id = text_job(conn, "Where is my order 12345?", language="en")
+        settings = settings_for(fake.base_url, redis_url, llm_tool_filler_after_s=0.3, llm_tool_mode="native")
+        record = run_llm(conn, settings, job_id)
+    chunks = [c["text"] for c in record["results"]["llm"]["chunks"]]
+    assert chunks == [actions.LINES["filler"]["en"], "It has shipped."]
 
 
 def test_a_failing_tool_is_told_to_the_caller(conn: redis.Redis, redis_url: str, endpoint: ToolServer) -> None:
@@ -167,7 +181,7 @@ def test_a_failing_tool_is_told_to_the_caller(conn: redis.Redis, redis_url: str,
         assert len(fake.chat_requests) == 2  # the decision and the arguments; the failure line is fixed
     llm = record["results"]["llm"]
     assert llm["tool_calls"][0]["status"] == "failed" and llm["tool_calls"][0]["http_status"] == 500
-    assert llm["text"] == actions.LINES["failed"]["en"]
+    assert llm["text"] == f"{actions.LINES['filler']['en']} {actions.LINES['failed']['en']}"
 
 
 def test_a_ticket_is_queued_for_the_tenants_webhook(conn: redis.Redis, redis_url: str) -> None:
@@ -187,7 +201,9 @@ def test_a_ticket_is_queued_for_the_tenants_webhook(conn: redis.Redis, redis_url
     sent = json.loads(delivery.body)["data"]
     assert sent["ticket_id"] == made["result"]["ticket_id"] and sent["contact"] == "anna@example.com"
     assert sent["priority"] == "high" and sent["job_id"] == job_id
-    assert record["results"]["llm"]["text"] == actions.LINES["ticket"]["en"]
+    # "One moment" while the model writes the ticket (seconds on a small CPU), then the ticket line.
+    assert [c["text"] for c in record["results"]["llm"]["chunks"]] == [actions.LINES["moment"]["en"],
+                                                                       actions.LINES["ticket"]["en"]]
 
 
 def test_only_words_about_an_action_ask_the_model_for_a_decision() -> None:
