@@ -830,12 +830,14 @@ class CallSession:
     async def _after_action(self, response: Response, action: str, calls: list[dict[str, Any]]) -> None:
         """Once the reply saying so has been heard: hand the caller to a person, or hang up."""
         self.config.vad = None  # the call is ending: nothing the caller says now starts a turn
-        await self._until_heard(response)
-        if action == "transfer":
-            reason = next((str((c.get("arguments") or {}).get("reason") or "") for c in calls
-                           if c.get("name") == "transfer_to_human" and isinstance(c.get("arguments"), dict)), "")
-            await self.transfer(reason or "caller asked for a person")
-        await self.end(ACTIONS[action])
+        try:
+            await self._until_heard(response)
+            if action == "transfer":
+                reason = next((str((c.get("arguments") or {}).get("reason") or "") for c in calls
+                               if c.get("name") == "transfer_to_human" and isinstance(c.get("arguments"), dict)), "")
+                await self.transfer(reason or "caller asked for a person")
+        finally:
+            await self.end(ACTIONS[action])  # whatever happened above, the call does not stay open
 
     async def _until_heard(self, response: Response) -> None:
         remaining = (response.item.sent_ms - response.played_ms(time.monotonic())) / 1000
@@ -845,9 +847,14 @@ class CallSession:
         """Tell the client and the tenant's webhook that the caller goes to a person, with the call so far."""
         summary = self.summary()
         target = self.settings.call_transfer_to
-        delivery = await asyncio.to_thread(pipeline.notify, self.conn, self.settings, self.tenant, "call.transfer", {
-            "call_id": self.id, "transport": self.transport, "reason": reason, "target": target,
-            "summary": summary})
+        data = {"call_id": self.id, "transport": self.transport, "reason": reason, "target": target,
+                "summary": summary}
+        try:
+            delivery = await asyncio.to_thread(pipeline.notify, self.conn, self.settings, self.tenant,
+                                               "call.transfer", data)
+        except Exception:  # the caller is handed over anyway; the record says no delivery was queued
+            log.exception("call.transfer webhook not queued", extra={"call_id": self.id})
+            delivery = None
         self.transferred = {"reason": reason, "target": target, "at": time.time(), "delivery_id": delivery}
         await self.emit("call.transfer", call_id=self.id, reason=reason, target=target, summary=summary)
 
@@ -897,12 +904,20 @@ class CallSession:
                                   "reconnect to start a new one", type_="server_error")
         metrics.ACTIVE.labels(self.transport).dec()
         metrics.ENDS.labels(self.transport, reason).inc()
-        await asyncio.to_thread(pipeline.notify, self.conn, self.settings, self.tenant, "call.ended", {
-            "call_id": self.id, "transport": self.transport, "reason": reason, "started_at": self.started_at,
-            "ended_at": time.time(), "turns": sum(1 for i in self.items if i.role == "user")})
         await asyncio.to_thread(store.free_slot, self.conn, self.tenant, self.id)
         await self._save()
         self.closed.set()
+        await self._notify_ended(reason)
+
+    async def _notify_ended(self, reason: str) -> None:
+        """The `call.ended` webhook, after the slot is free: a caller who hangs up and calls again at once
+        must not find their own last call still holding it (the full suite caught that race)."""
+        data = {"call_id": self.id, "transport": self.transport, "reason": reason, "started_at": self.started_at,
+                "ended_at": time.time(), "turns": sum(1 for i in self.items if i.role == "user")}
+        try:
+            await asyncio.to_thread(pipeline.notify, self.conn, self.settings, self.tenant, "call.ended", data)
+        except Exception:  # the call has ended either way
+            log.exception("call.ended webhook not queued", extra={"call_id": self.id})
 
     def close_code(self) -> int:
         """The WebSocket close code for how the call ended: 1012 (service restart) tells a client it may
