@@ -233,8 +233,12 @@ def openai_tools(tools: list[Tool]) -> list[dict[str, Any]]:
 def check_arguments(tool: Tool, arguments: Any) -> list[str]:
     """What is wrong with the model's (or a tester's) arguments, one line each ("$.order_id: ..."); empty
     when they are valid. Formats (email, date, ...) are checked too."""
-    validator = jsonschema.Draft202012Validator(tool.parameters,
-                                                format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    return schema_errors(tool.parameters, arguments)
+
+
+def schema_errors(schema: dict[str, Any], arguments: Any) -> list[str]:
+    """`check_arguments` for any parameters schema (the LLM stage's built-in actions have no `Tool`)."""
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
     try:
         errors = sorted(validator.iter_errors(arguments), key=lambda e: [str(p) for p in e.absolute_path])
     except Unresolvable as exc:  # a local $ref to nowhere: the tenant's schema is broken, not the arguments

@@ -188,7 +188,8 @@ def result_note(name: str, result: Any) -> str:
 
 def refusal_note(call: Call, errors: list[str]) -> str:
     """Names the arguments at fault but not their values: the model would read a made-up order number back."""
-    fields = sorted({e.split(":", 1)[0].replace("_", " ") for e in errors if ":" in e} - {"arguments"})
+    paths = {e.split(":", 1)[0].removeprefix("$").lstrip(".") for e in errors if e.startswith("$")}
+    fields = sorted(p.replace("_", " ") for p in paths if p)
     missing = f" (the {', the '.join(fields)})" if fields else ""  # "order id", as a caller would say it
     return (f"The {call.name} action needs details the caller has not given{missing}. Do not make them up and "
             "do not mention any action: ask the caller for what is missing, or answer in plain words.")

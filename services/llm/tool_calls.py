@@ -19,9 +19,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
-
 from services.llm.knowledge.grounding import figures
+from shared import tools
 
 MARKERS = ("{", "```", "<tool", "[{")
 WRAPPERS = re.compile(r"</?tool_?calls?>|</?tools>|```(?:json)?", re.IGNORECASE)
@@ -137,15 +136,12 @@ def check(call: Call, schema: dict[str, Any], said: str, figure_fields: Iterable
     if not isinstance(call.arguments, dict):
         result.errors.append(f"the arguments are not a JSON object: {str(call.arguments)[:100]!r}")
         return result
-    validator = jsonschema.Draft202012Validator(schema)
-    for error in sorted(validator.iter_errors(call.arguments), key=lambda e: list(e.path)):
-        where = "/".join(str(p) for p in error.path) or "arguments"
-        result.errors.append(f"{where}: {error.message}")
+    result.errors += tools.schema_errors(schema, call.arguments)
     allowed = figures(said)
     for name, value in call.arguments.items():
         if figure_fields is not None and name not in figure_fields:
             continue
         unknown = sorted(figures(json.dumps(value, ensure_ascii=False)) - allowed)
         if unknown:
-            result.errors.append(f"{name}: {', '.join(unknown)} was not said by the caller")
+            result.errors.append(f"$.{name}: {', '.join(unknown)} was not said by the caller")
     return result

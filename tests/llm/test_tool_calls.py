@@ -60,7 +60,7 @@ def test_a_figure_the_caller_never_said_is_refused() -> None:
 
 def test_schema_errors_name_the_argument() -> None:
     result = check(Call("lookup_order", {"order_id": "12"}), ORDER, "my order is 12")
-    assert not result.ok and result.errors[0].startswith("order_id:") and "does not match" in result.errors[0]
+    assert not result.ok and result.errors[0].startswith("$.order_id:") and "does not match" in result.errors[0]
     missing = check(Call("lookup_order", {}), ORDER, "")
     assert "'order_id' is a required property" in missing.errors[0]
     assert not check(Call("lookup_order", "12345"), ORDER, "12345").ok  # not an object
@@ -77,3 +77,15 @@ def test_a_ticket_may_summarise_in_the_models_words_but_not_invent_a_contact() -
     assert not bad.ok and "contact" in bad.errors[0]
     assert not check(Call("create_ticket", {"subject": "x", "summary": "y", "priority": "asap"}), schema, "",
                      fields).ok
+
+
+def test_a_broken_schema_refuses_the_call_instead_of_failing_the_turn() -> None:
+    schema = {"type": "object", "properties": {"order_id": {"$ref": "#/$defs/missing"}}}
+    result = check(Call("lookup_order", {"order_id": "12345"}), schema, "order 12345")
+    assert not result.ok and "broken reference" in result.errors[0]
+
+
+def test_formats_in_a_schema_are_checked() -> None:
+    schema = {"type": "object", "properties": {"contact": {"type": "string", "format": "email"}}}
+    assert not check(Call("notify", {"contact": "not an email"}), schema, "").ok
+    assert check(Call("notify", {"contact": "anna@example.com"}), schema, "anna@example.com").ok
