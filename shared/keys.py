@@ -205,6 +205,9 @@ def webhook_dead(tenant: str) -> str:
     return f"{WEBHOOK_PREFIX}dead:{tenant}"
 
 
+WEBHOOK_DUE = f"{WEBHOOK_PREFIX}due"  # sorted set: delivery id -> unix time its next attempt is due
+
+
 # An endpoint is configuration, like an API key: the retention sweep must not expire it.
 PERMANENT = (*PERMANENT, webhook_endpoint("*"))
 

@@ -13,6 +13,10 @@ Requeueing is one WATCHed transaction on the registry: of two reapers that see
 the same job, one wins and the other's transaction is refused, so a job is
 never enqueued twice; a reaper killed halfway changes nothing. The stage then
 re-runs as a new attempt (`shared.stage` counts them against the budget).
+
+The same tick re-queues webhook deliveries whose next attempt is due
+(`shared.webhooks.release_due`): workers run no rq scheduler, and a delivery
+must not hold a worker while it waits.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from shared import keys, metrics, retention
+from shared import keys, metrics, retention, webhooks
 from shared.config import CommonSettings
 from shared.connection import connect
 from shared.redisio import text, transaction
@@ -124,6 +128,7 @@ class Reaper(threading.Thread):
         try:
             if time.monotonic() >= self.quiet_until:
                 sweep(conn, self.queue_names)
+                webhooks.release_due(conn, self.settings)
                 self.retention(conn)
         except (redis.ConnectionError, redis.TimeoutError):
             self.quiet_until = time.monotonic() + self.settings.worker_dead_after_s

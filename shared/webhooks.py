@@ -1,12 +1,16 @@
 """Tenant webhooks: each tenant's endpoint, and the signed, retried deliveries of events to it.
 
 `deliver` stores the event's body and enqueues a job on the llm workers' batch queue, so the caller (the
-gateway, a worker in the middle of a call) never waits for the tenant's server. The job (`send`) POSTs the
-stored bytes, signed afresh each attempt (`shared.signing`), and retries timeouts, connection errors, 408,
-429 and 5xx with tenacity, honouring Retry-After. A delivery that succeeds is `delivered`; one that runs out
-of attempts, or is refused with another 4xx, is `dead` and joins the tenant's dead-letter list until it is
-replayed. Delivery is at least once: a worker dying between the receiver's 2xx and the record being marked
-re-sends the same `X-Voicequeue-Delivery` id, which receivers dedupe on.
+gateway, a worker in the middle of a call) never waits for the tenant's server. The job (`send`) makes one
+attempt: it POSTs the stored bytes, signed afresh (`shared.signing`). After a timeout, connection error,
+408, 429 or 5xx with attempts left it notes the error, puts the delivery in the due set
+(`keys.WEBHOOK_DUE`) at the time of its next attempt (exponential backoff with jitter, or the receiver's
+Retry-After) and returns: a slow or dead receiver holds an llm worker for one attempt, never for the whole
+schedule. Every worker's reaper calls `release_due`, which puts due deliveries back on the queue (workers
+run no rq scheduler). A delivery that succeeds is `delivered`; one that runs out of attempts, or is refused
+with another 4xx, is `dead` and joins the tenant's dead-letter list until it is replayed. Delivery is at
+least once: a worker dying between the receiver's 2xx and the record being marked re-sends the same
+`X-Voicequeue-Delivery` id, which receivers dedupe on.
 
 Endpoints are kept until deleted (`keys.PERMANENT`); deliveries and dead letters for `webhook_retention_s`.
 """
@@ -15,16 +19,16 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import secrets
 import time
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
 import redis
-import tenacity
 from pydantic import BaseModel
 from rq import Queue
 
@@ -43,6 +47,7 @@ DELIVERY_HEADER = "X-Voicequeue-Delivery"
 DEAD_LETTERS_MAX = 1000  # per tenant; older ones drop off the list (and expire anyway)
 URL_MAX_CHARS = 2048
 ERROR_BODY_CHARS = 200  # of a refusing receiver's answer, kept in last_error
+RELEASE_MAX = 500  # due deliveries one `release_due` call re-queues; the next reaper tick takes the rest
 
 
 class Status(StrEnum):
@@ -78,6 +83,7 @@ class Delivery(BaseModel):
     delivered_at: float | None = None
     response_status: int | None = None  # the receiver's last HTTP status, if it answered
     last_error: str | None = None
+    next_attempt_at: float | None = None  # unix time a pending delivery is due again after a failed attempt
     replays: int = 0
 
     def public(self) -> dict[str, Any]:
@@ -89,10 +95,6 @@ class Delivery(BaseModel):
 
 class Refused(Exception):
     """The receiver answered with a status that another attempt would not change (4xx other than 408/429)."""
-
-
-class _Settled(Exception):
-    """The delivery stopped being pending while we were sending it (another run delivered it)."""
 
 
 # ---- endpoints ----------------------------------------------------------------------------------------
@@ -183,8 +185,8 @@ def deliver(conn: redis.Redis, settings: CommonSettings, tenant: str, event: str
 
 
 def _enqueue(conn: redis.Redis, pipe: redis.client.Pipeline, settings: CommonSettings, record: Delivery) -> None:
-    # The job may sleep between attempts: its timeout covers every attempt and every wait.
-    budget = settings.webhook_max_attempts * (settings.webhook_timeout_s + settings.webhook_retry_max_wait_s)
+    # A job makes one attempt; httpx's timeout bounds connecting, sending and awaiting the answer each.
+    budget = 3 * settings.webhook_timeout_s
     Queue(DELIVER_QUEUE, connection=conn).enqueue(
         DELIVER_TASK, record.id, job_timeout=int(budget) + 30, result_ttl=0, failure_ttl=settings.job_ttl_s,
         ttl=settings.webhook_retention_s, description=f"webhook {record.event} {record.tenant}/{record.id}",
@@ -223,41 +225,36 @@ def _update(conn: redis.Redis, settings: CommonSettings, delivery_id: str, chang
 
 
 def send(conn: redis.Redis, settings: CommonSettings, delivery_id: str) -> None:
-    """The delivery job: POST the stored body until the receiver takes it or the attempts run out, then
-    mark the record delivered or dead. A record that is not pending (delivered, dead) is not sent."""
+    """The delivery job: one attempt. Marks the record delivered, schedules the next attempt (`_retry`), or
+    buries it. A record that is not pending, or waits in the due set for its next attempt, is not sent."""
     record = _load(conn, delivery_id)
     if record is None:
         log.warning("webhook delivery expired before it was sent", extra={"delivery": delivery_id})
         return
-    if record.status != Status.PENDING:
+    # Waiting: this is a re-run of a job whose worker died after scheduling; `release_due` sends it when due.
+    if record.status != Status.PENDING or conn.zscore(keys.WEBHOOK_DUE, delivery_id) is not None:
         return
     endpoint = _endpoint(conn, record.tenant)
     if endpoint is None:
         _bury(conn, settings, delivery_id, "the tenant has no webhook endpoint any more", None)
         return
-    body = record.body.encode()
-    last_status: list[int | None] = [None]  # the receiver's answer to the latest attempt, for the record
-
-    with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False) as client:
-
-        def attempt() -> int:
-            # Checked before every attempt: another run of this job may have delivered it meanwhile.
-            if not _start_attempt(conn, settings, delivery_id):
-                raise _Settled
-            last_status[0] = None
-            response = _post(client, endpoint, record, body)
-            last_status[0] = response.status_code
-            _judge(response)
-            return response.status_code
-
-        try:
-            status = _retrying(conn, settings, delivery_id, last_status)(attempt)
-        except _Settled:
-            return
-        except (Retryable, Refused) as exc:
-            _bury(conn, settings, delivery_id, str(exc), last_status[0])
-            return
-    _update(conn, settings, delivery_id, lambda r: _mark_delivered(r, status))
+    started = _start_attempt(conn, settings, delivery_id)
+    if started is None:
+        return  # another run delivered or buried it meanwhile
+    status: int | None = None
+    try:
+        with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False) as client:
+            response = _post(client, endpoint, started, started.body.encode())
+        status = response.status_code
+        _judge(response)
+    except Retryable as exc:
+        _retry(conn, settings, started, exc, status)
+        return
+    except Refused as exc:
+        _bury(conn, settings, delivery_id, str(exc), status)
+        return
+    answered = response.status_code
+    _update(conn, settings, delivery_id, lambda r: _mark_delivered(r, answered))
 
 
 def _post(client: httpx.Client, endpoint: Endpoint, record: Delivery, body: bytes) -> httpx.Response:
@@ -288,43 +285,55 @@ def _judge(response: httpx.Response) -> None:
     raise Refused(message)
 
 
-def _retrying(conn: redis.Redis, settings: CommonSettings, delivery_id: str,
-              last_status: list[int | None]) -> tenacity.Retrying:
-    backoff = tenacity.wait_exponential_jitter(multiplier=settings.webhook_retry_first_wait_s,
-                                               max=settings.webhook_retry_max_wait_s,
-                                               jitter=settings.webhook_retry_first_wait_s)
+def _retry(conn: redis.Redis, settings: CommonSettings, record: Delivery, exc: Retryable,
+           status: int | None) -> None:
+    """After a failed attempt: bury the delivery if that was its last, else note the error and put it in the
+    due set at the time of its next attempt."""
+    if record.attempts >= settings.webhook_max_attempts:
+        _bury(conn, settings, record.id, str(exc), status)
+        return
+    wait_s = _wait_s(settings, record.attempts, exc.retry_after)
+    due = time.time() + wait_s
 
-    def wait(state: tenacity.RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, Retryable) and exc.retry_after is not None:
-            return min(exc.retry_after, settings.webhook_retry_max_wait_s)
-        return min(float(backoff(state)), settings.webhook_retry_max_wait_s)
+    def note(r: Delivery) -> bool:
+        if not _note_error(r, str(exc), status):
+            return False
+        r.next_attempt_at = due
+        return True
 
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        cause = exc.cause if isinstance(exc, Retryable) else "unknown"
-        metrics.inc(metrics.RETRIES, service="webhook", cause=cause)
-        _update(conn, settings, delivery_id, lambda r: _note_error(r, str(exc), last_status[0]))
+    def schedule(pipe: redis.client.Pipeline, r: Delivery) -> None:
+        pipe.zadd(keys.WEBHOOK_DUE, {r.id: due})
+        pipe.expire(keys.WEBHOOK_DUE, settings.webhook_retention_s)
 
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(Retryable),
-        stop=tenacity.stop_after_attempt(settings.webhook_max_attempts),
-        wait=wait,
-        before_sleep=before_sleep,
-        reraise=True,
-    )
+    if _update(conn, settings, record.id, note, schedule) is not None:
+        metrics.inc(metrics.RETRIES, service="webhook", cause=exc.cause)
+        log.info("webhook delivery will be retried", extra={
+            "tenant": record.tenant, "delivery": record.id, "attempts": record.attempts, "cause": exc.cause,
+            "wait_s": round(wait_s, 3)})
 
 
-def _start_attempt(conn: redis.Redis, settings: CommonSettings, delivery_id: str) -> bool:
-    """Count an attempt, unless the delivery is no longer pending (a re-run job after it was delivered)."""
+def _wait_s(settings: CommonSettings, attempts: int, retry_after: float | None) -> float:
+    """The wait before the next attempt after `attempts` failed ones: the receiver's Retry-After if it sent
+    one, else `webhook_retry_first_wait_s` doubling with each attempt plus up to as much again of jitter;
+    either way at most `webhook_retry_max_wait_s`."""
+    first, longest = settings.webhook_retry_first_wait_s, settings.webhook_retry_max_wait_s
+    if retry_after is not None:
+        return min(retry_after, longest)
+    return min(first * 2.0 ** (attempts - 1) + random.uniform(0, first), longest)
+
+
+def _start_attempt(conn: redis.Redis, settings: CommonSettings, delivery_id: str) -> Delivery | None:
+    """Count an attempt, unless the delivery is no longer pending (a re-run job after it was delivered).
+    Returns the record as counted, or None."""
 
     def count(record: Delivery) -> bool:
         if record.status != Status.PENDING:
             return False
         record.attempts += 1
+        record.next_attempt_at = None
         return True
 
-    return _update(conn, settings, delivery_id, count) is not None
+    return _update(conn, settings, delivery_id, count)
 
 
 def _note_error(record: Delivery, error: str, status: int | None) -> bool:
@@ -362,6 +371,36 @@ def _bury(conn: redis.Redis, settings: CommonSettings, delivery_id: str, error: 
             "error": error})
 
 
+# ---- retries that are due ----------------------------------------------------------------------------
+
+
+def release_due(conn: redis.Redis, settings: CommonSettings, now: float | None = None) -> int:
+    """Put deliveries whose next attempt is due back on the delivery queue; returns how many this call
+    enqueued. Every worker's reaper calls it every tick: with nothing due it is one ZRANGEBYSCORE."""
+    due = conn.zrangebyscore(keys.WEBHOOK_DUE, "-inf", time.time() if now is None else now, start=0,
+                             num=RELEASE_MAX)
+    return sum(_release(conn, settings, text(cast(bytes, raw)), now) for raw in due)
+
+
+def _release(conn: redis.Redis, settings: CommonSettings, delivery_id: str, now: float | None) -> bool:
+    """Move one due delivery from the due set to the queue, in one transaction: of two workers releasing it
+    at once, only one enqueues it (the other finds it gone), and a worker dying halfway changes nothing."""
+
+    def move(pipe: redis.client.Pipeline) -> bool:
+        score = pipe.zscore(keys.WEBHOOK_DUE, delivery_id)
+        if score is None or score > (time.time() if now is None else now):
+            return False  # released by another worker, or rescheduled
+        record = _load(pipe, delivery_id)
+        pipe.multi()
+        pipe.zrem(keys.WEBHOOK_DUE, delivery_id)
+        if record is None or record.status != Status.PENDING:
+            return False  # expired, or settled by a job that ran anyway: nothing left to send
+        _enqueue(conn, pipe, settings, record)
+        return True
+
+    return transaction(conn, move, keys.WEBHOOK_DUE, keys.webhook_delivery(delivery_id))
+
+
 # ---- dead letters -------------------------------------------------------------------------------------
 
 
@@ -387,11 +426,13 @@ def replay(conn: redis.Redis, settings: CommonSettings, tenant: str, delivery_id
         if record.status != Status.DEAD:
             raise ValueError(f"delivery {delivery_id} is {record.status.value}; only dead deliveries are replayed")
         record.status, record.attempts, record.last_error, record.response_status = Status.PENDING, 0, None, None
+        record.next_attempt_at = None
         record.replays += 1
         record.updated_at = time.time()
         pipe.multi()
         pipe.set(key, record.model_dump_json(), ex=settings.webhook_retention_s)
         pipe.lrem(keys.webhook_dead(tenant), 0, delivery_id)
+        pipe.zrem(keys.WEBHOOK_DUE, delivery_id)  # a dead delivery waits for nothing; make sure of it
         _enqueue(conn, pipe, settings, record)
         return record
 

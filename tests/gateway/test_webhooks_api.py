@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 import redis
 
 from services.gateway import keystore
-from shared import signing, webhooks
+from shared import keys, signing, webhooks
 from shared.config import CommonSettings
 from tests.conftest import running_redis
 from tests.stack import VENV_BIN, free_port, wait_http
@@ -65,14 +66,25 @@ def settings_for(gateway: Gateway) -> CommonSettings:
 
 
 def work_deliveries(gateway: Gateway) -> None:
-    """What `voicequeue worker llm` does with the queued delivery jobs (no model needed for them)."""
+    """What `voicequeue worker llm` and the workers' reapers do with the delivery jobs (no model needed for
+    them): run the queued jobs, and queue each retry again once it is due, until none is waiting."""
     from services.llm.worker import SERVICE
     from shared.worker import InProcessWorker, Running, StageJob
 
-    class Worker(InProcessWorker):
-        running = Running(SERVICE, settings_for(gateway), None)
+    settings = settings_for(gateway)
 
-    Worker([webhooks.DELIVER_QUEUE], connection=gateway.conn, job_class=StageJob).work(burst=True)
+    class Worker(InProcessWorker):
+        running = Running(SERVICE, settings, None)
+
+    deadline = time.monotonic() + 30
+    while True:
+        Worker([webhooks.DELIVER_QUEUE], connection=gateway.conn, job_class=StageJob).work(burst=True)
+        waiting = gateway.conn.zrange(keys.WEBHOOK_DUE, 0, 0, withscores=True)
+        if not waiting:
+            return
+        assert time.monotonic() < deadline, "a delivery never settled"
+        time.sleep(max(0.0, float(waiting[0][1]) - time.time()))
+        webhooks.release_due(gateway.conn, settings)
 
 
 def test_endpoint_set_show_rotate_delete(gateway: Gateway) -> None:

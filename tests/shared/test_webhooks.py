@@ -1,6 +1,9 @@
 """Webhook deliveries against a real Redis and a real local HTTP receiver: signed bodies, retries on
 503/429/timeouts with Retry-After honoured, no retry on 400, dead letters and replay, never twice once
-delivered, and a delivery job run by a real rq worker through the llm service's task table."""
+delivered, and a delivery job run by a real rq worker through the llm service's task table.
+
+A delivery job makes one attempt; a retry waits in the due set until `release_due` (every worker's reaper)
+queues it again. `settle` drives that loop the way the workers do, without a worker."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import redis
 from rq import Queue
 from rq.job import Job as RqJob
 
-from shared import keys, retention, signing, webhooks
+from shared import keys, reaper, retention, signing, webhooks
 from shared.config import CommonSettings
 from tests.stack import free_port
 from tests.webhook_receiver import Answer, Receiver, receiving
@@ -52,6 +55,25 @@ def record(conn: redis.Redis, delivery_id: str) -> webhooks.Delivery:
     return found
 
 
+def due_at(conn: redis.Redis, delivery_id: str) -> float | None:
+    return conn.zscore(keys.WEBHOOK_DUE, delivery_id)
+
+
+def settle(conn: redis.Redis, settings: CommonSettings, delivery_id: str, limit_s: float = 15.0) -> None:
+    """Run the delivery job; each time it leaves the delivery due again, wait until then, release it as a
+    worker's reaper would and run the one job that queues, until the delivery is delivered or dead."""
+    webhooks.send(conn, settings, delivery_id)
+    deadline = time.monotonic() + limit_s
+    while (due := due_at(conn, delivery_id)) is not None:
+        assert time.monotonic() < deadline, "the delivery never settled"
+        time.sleep(max(0.0, due - time.time()))
+        assert webhooks.release_due(conn, settings) == 1
+        job = queued(conn)[-1]
+        assert job.args == (delivery_id,) and due_at(conn, delivery_id) is None
+        job.delete()
+        webhooks.send(conn, settings, delivery_id)
+
+
 def test_a_delivery_arrives_signed_with_the_tenants_secret(conn: redis.Redis, settings: CommonSettings,
                                                            receiver: Receiver) -> None:
     configure(conn, receiver)
@@ -85,7 +107,7 @@ def test_503_twice_then_200_is_delivered_once_after_three_attempts(
     delivery_id = webhooks.deliver(conn, settings, TENANT, "call.ended", {"call": "c1"})
     assert delivery_id is not None
 
-    webhooks.send(conn, settings, delivery_id)
+    settle(conn, settings, delivery_id)
 
     assert [r.answered for r in receiver.requests] == [503, 503, 200]
     assert len({r.body for r in receiver.requests}) == 1  # the same bytes each time, signed afresh
@@ -111,6 +133,15 @@ def test_429_retry_after_is_honoured_and_capped(conn: redis.Redis, settings: Com
 
     webhooks.send(conn, settings, delivery_id)
 
+    (first,) = receiver.requests
+    due = due_at(conn, delivery_id)
+    waiting = record(conn, delivery_id)
+    assert due is not None and waiting.next_attempt_at == due
+    assert least_s - 0.1 <= due - waiting.updated_at <= most_s - 0.1  # set by Retry-After, not the backoff
+    assert (waiting.status, waiting.attempts, waiting.response_status) == ("pending", 1, 429)
+
+    settle(conn, settings, delivery_id)
+
     first, second = receiver.requests
     assert (first.answered, second.answered) == (429, 204)
     assert least_s <= second.at - first.at <= most_s  # the backoff alone would be ~0.05-0.1 s
@@ -125,7 +156,7 @@ def test_a_receiver_that_always_fails_gives_a_dead_letter_that_replays_once_fixe
     assert delivery_id is not None
     queued(conn)[0].delete()  # this test runs the job itself
 
-    webhooks.send(conn, settings, delivery_id)
+    settle(conn, settings, delivery_id)
 
     assert [r.answered for r in receiver.requests] == [500, 500, 500]
     (dead,) = webhooks.dead_letters(conn, TENANT)
@@ -158,7 +189,7 @@ def test_a_receiver_that_times_out_ends_dead_with_the_timeout(conn: redis.Redis,
     assert delivery_id is not None
 
     started = time.monotonic()
-    webhooks.send(conn, settings, delivery_id)
+    settle(conn, settings, delivery_id)
 
     assert time.monotonic() - started < 3.0
     assert len(receiver.requests) == 2
@@ -171,7 +202,7 @@ def test_an_unreachable_receiver_ends_dead_with_the_connection_error(conn: redis
     webhooks.set_endpoint(conn, TENANT, f"http://127.0.0.1:{free_port()}/nobody-listens")
     delivery_id = webhooks.deliver(conn, settings, TENANT, "call.ended", {})
     assert delivery_id is not None
-    webhooks.send(conn, settings, delivery_id)
+    settle(conn, settings, delivery_id)
     dead = record(conn, delivery_id)
     assert dead.status == "dead" and dead.attempts == 3 and dead.response_status is None
     assert dead.last_error is not None and dead.last_error.startswith("connection: ConnectError")
@@ -185,7 +216,7 @@ def test_a_400_is_not_retried(conn: redis.Redis, settings: CommonSettings, recei
 
     webhooks.send(conn, settings, delivery_id)
 
-    assert len(receiver.requests) == 1
+    assert len(receiver.requests) == 1 and due_at(conn, delivery_id) is None
     dead = record(conn, delivery_id)
     assert (dead.status, dead.attempts, dead.response_status) == ("dead", 1, 400)
     assert dead.last_error == "HTTP 400 Bad Request: unknown field 'ticket'"
@@ -284,7 +315,7 @@ def test_an_endpoint_removed_before_sending_ends_dead(conn: redis.Redis, setting
 def test_the_llm_workers_task_table_runs_a_delivery_job(conn: redis.Redis, settings: CommonSettings,
                                                         receiver: Receiver) -> None:
     """The job as queued, taken by the project's in-process rq worker with the llm service's tasks (no model
-    is loaded: delivering needs none)."""
+    is loaded: delivering needs none); the retry is queued again by a worker's reaper tick."""
     from services.llm.worker import SERVICE
     from shared.worker import InProcessWorker, Running, StageJob
 
@@ -295,13 +326,23 @@ def test_the_llm_workers_task_table_runs_a_delivery_job(conn: redis.Redis, setti
     receiver.plan(Answer(503), then=Answer(200))
     delivery_id = webhooks.deliver(conn, settings, TENANT, "ticket.created", {"ticket": "T-9"})
     assert delivery_id is not None
+    reaping = reaper.Reaper(settings.model_copy(update={"retention_sweep_interval_s": 0}), [])
+
+    Worker([webhooks.DELIVER_QUEUE], connection=conn, job_class=StageJob).work(burst=True)
+
+    assert [r.answered for r in receiver.requests] == [503] and queued(conn) == []
+    due = due_at(conn, delivery_id)
+    assert due is not None and record(conn, delivery_id).status == "pending"
+    time.sleep(max(0.0, due - time.time()))
+    reaping.tick(conn)
+    assert [j.args for j in queued(conn)] == [(delivery_id,)]
 
     Worker([webhooks.DELIVER_QUEUE], connection=conn, job_class=StageJob).work(burst=True)
 
     assert [r.answered for r in receiver.requests] == [503, 200]
     assert all(receiver.verified(r) for r in receiver.requests)
     assert (record(conn, delivery_id).status, record(conn, delivery_id).attempts) == ("delivered", 2)
-    assert queued(conn) == []
+    assert queued(conn) == [] and due_at(conn, delivery_id) is None
     with pytest.raises(RuntimeError, match="only in `voicequeue worker llm`"):
         webhooks.perform_delivery(delivery_id)
 
