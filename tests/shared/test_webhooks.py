@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -345,6 +346,131 @@ def test_the_llm_workers_task_table_runs_a_delivery_job(conn: redis.Redis, setti
     assert queued(conn) == [] and due_at(conn, delivery_id) is None
     with pytest.raises(RuntimeError, match="only in `voicequeue worker llm`"):
         webhooks.perform_delivery(delivery_id)
+
+
+def test_a_failed_attempt_leaves_the_delivery_due_and_returns_at_once(
+        conn: redis.Redis, settings: CommonSettings, receiver: Receiver) -> None:
+    configure(conn, receiver)
+    receiver.plan(then=Answer(200, delay_s=1.5))  # never within webhook_timeout_s (0.5 s)
+    settings.webhook_retry_first_wait_s, settings.webhook_retry_max_wait_s = 5.0, 60.0
+    delivery_id = webhooks.deliver(conn, settings, TENANT, "call.ended", {"call": "c8"})
+    assert delivery_id is not None
+
+    started, now = time.monotonic(), time.time()
+    webhooks.send(conn, settings, delivery_id)
+
+    assert time.monotonic() - started < 2 * settings.webhook_timeout_s  # one attempt, no waiting
+    waiting = record(conn, delivery_id)
+    assert (waiting.status, waiting.attempts, waiting.response_status) == ("pending", 1, None)
+    assert waiting.last_error == "timeout: no answer within 0.5 s"
+    due = due_at(conn, delivery_id)
+    assert due is not None and waiting.next_attempt_at == due
+    assert now + 5.0 <= due <= time.time() + 10.0  # the first wait, 5 s, plus up to 5 s of jitter
+    assert 0 < conn.ttl(keys.WEBHOOK_DUE) <= settings.webhook_retention_s
+
+    # The job run again meanwhile (its worker died after scheduling, say) leaves the waiting delivery alone.
+    webhooks.send(conn, settings, delivery_id)
+    assert len(receiver.requests) == 1 and record(conn, delivery_id).attempts == 1
+    assert webhooks.release_due(conn, settings) == 0 and len(queued(conn)) == 1  # the job `deliver` queued
+
+
+def test_release_due_queues_only_the_due_deliveries_once(conn: redis.Redis, settings: CommonSettings,
+                                                         receiver: Receiver) -> None:
+    configure(conn, receiver)
+    receiver.plan(Answer(503, {"Retry-After": "1"}), then=Answer(503, {"Retry-After": "60"}))
+    soon, later = (webhooks.deliver(conn, settings, TENANT, "call.ended", {"n": n}) for n in range(2))
+    assert soon is not None and later is not None
+    for delivery_id in (soon, later):
+        webhooks.send(conn, settings, delivery_id)
+    Queue(webhooks.DELIVER_QUEUE, connection=conn).empty()  # the first attempts' jobs, run above
+    now = time.time()
+
+    assert webhooks.release_due(conn, settings) == 0 and queued(conn) == []  # nothing is due yet
+    assert webhooks.release_due(conn, settings, now=now + 1.5) == 1  # later is due in 2 s (capped)
+    assert [j.args for j in queued(conn)] == [(soon,)] and due_at(conn, soon) is None
+    assert webhooks.release_due(conn, settings, now=now + 1.5) == 0 and len(queued(conn)) == 1
+    assert webhooks.release_due(conn, settings, now=now + 3) == 1
+    assert [j.args for j in queued(conn)] == [(soon,), (later,)] and conn.zcard(keys.WEBHOOK_DUE) == 0
+
+
+def test_workers_releasing_at_once_queue_each_delivery_once(conn: redis.Redis, redis_url: str,
+                                                             settings: CommonSettings, receiver: Receiver) -> None:
+    configure(conn, receiver)
+    receiver.plan(then=Answer(503))
+    ids = [webhooks.deliver(conn, settings, TENANT, "call.ended", {"n": n}) for n in range(20)]
+    for delivery_id in ids:
+        assert delivery_id is not None
+        webhooks.send(conn, settings, delivery_id)
+    Queue(webhooks.DELIVER_QUEUE, connection=conn).empty()
+    assert conn.zcard(keys.WEBHOOK_DUE) == 20
+    start = threading.Barrier(4)
+    released: list[int] = []
+
+    def worker() -> None:
+        own = redis.Redis.from_url(redis_url)
+        start.wait()
+        released.append(webhooks.release_due(own, settings, now=time.time() + 10))
+        own.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert sum(released) == 20
+    assert sorted(j.args[0] for j in queued(conn)) == sorted(map(str, ids))
+    assert conn.zcard(keys.WEBHOOK_DUE) == 0
+
+
+def live_turn(conn: redis.Redis, settings: CommonSettings, resources: Any) -> None:
+    """Stands in for a live reply in the test below (a task of the llm worker that needs no model)."""
+    LIVE_TURNS.append(time.monotonic())
+
+
+LIVE_TURNS: list[float] = []
+
+
+def test_a_live_turn_waits_for_one_attempt_of_a_dead_receiver_at_most(
+        conn: redis.Redis, settings: CommonSettings, receiver: Receiver) -> None:
+    """A receiver that never answers in time costs the llm worker one attempt, not the retry schedule (with
+    the waits below, the whole schedule would hold the worker for about 15 s)."""
+    from dataclasses import replace
+
+    from services.llm.worker import SERVICE
+    from shared import queues
+    from shared.worker import InProcessWorker, Running, StageJob
+
+    settings.webhook_max_attempts, settings.webhook_retry_first_wait_s = 5, 1.0
+    service = replace(SERVICE, tasks={**SERVICE.tasks, "tests.shared.test_webhooks.live_turn": live_turn})
+
+    class Worker(InProcessWorker):
+        running = Running(service, settings, None)
+
+    configure(conn, receiver)
+    receiver.plan(then=Answer(200, delay_s=3.0))
+    delivery_id = webhooks.deliver(conn, settings, TENANT, "call.ended", {"call": "c9"})
+    assert delivery_id is not None
+    live = Queue(queues.name("llm", "live"), connection=conn)
+    LIVE_TURNS.clear()
+    asked: list[float] = []
+
+    def caller() -> None:  # a live turn arrives while the worker is sending the delivery
+        deadline = time.monotonic() + 5
+        while not receiver.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        asked.append(time.monotonic())
+        live.enqueue("tests.shared.test_webhooks.live_turn", job_timeout=30)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    Worker([live.name, webhooks.DELIVER_QUEUE], connection=conn, job_class=StageJob).work(burst=True)
+    thread.join()
+
+    assert len(receiver.requests) == 1 and len(asked) == 1 and len(LIVE_TURNS) == 1
+    assert LIVE_TURNS[0] - asked[0] < 2 * settings.webhook_timeout_s
+    waiting = record(conn, delivery_id)
+    assert (waiting.status, waiting.attempts) == ("pending", 1) and due_at(conn, delivery_id) is not None
 
 
 def test_the_verification_example_in_the_docs_verifies_a_real_delivery(
