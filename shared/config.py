@@ -98,15 +98,17 @@ class CommonSettings(BaseSettings):
 
     webhook_timeout_s: float = Field(
         5.0, gt=0, description="Seconds a webhook attempt may spend on each of connecting, sending and awaiting "
-        "the answer.")
+        "the answer. A delivery job makes one attempt, so this bounds how long a slow receiver holds an llm worker.")
     webhook_max_attempts: int = Field(
         5, ge=1, description="Attempts per webhook delivery (timeouts, connection errors, 408, 429, 5xx are "
         "retried; other 4xx are not); then the delivery is a dead letter the tenant can replay.")
     webhook_retry_first_wait_s: float = Field(
-        1.0, ge=0, description="First wait between webhook attempts; it doubles (with jitter) after each.")
+        1.0, ge=0, description="First wait between webhook attempts; it doubles after each, plus up to this "
+        "much jitter.")
     webhook_retry_max_wait_s: float = Field(
         30.0, ge=0, description="Longest single wait between webhook attempts, a receiver's Retry-After included. "
-        "A delivery being retried holds an llm worker: keep attempts x (timeout + wait) small.")
+        "A waiting delivery holds no worker: it sits in Redis until a worker's reaper re-queues it, up to "
+        "worker_reaper_interval_s after it is due.")
     webhook_retention_s: int = Field(
         7 * 24 * 3600, ge=60, description="How long webhook deliveries and dead letters are kept.")
     tools_allow_http: bool = Field(
