@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,9 +58,8 @@ async def transcript(aconn: aioredis.Redis, job_id: str, timeout_s: float) -> Tr
             break
         _, type_, data = event
         if type_ == "job.done":
-            asr = data["job"]["results"].get("asr") or {}
-            return Transcript(str(asr.get("text") or "").strip(), asr.get("language"),
-                              float(asr.get("duration_s") or 0.0))
+            asr = jobs.Job.from_wire(data["job"]).results.asr or jobs.AsrResult()
+            return Transcript(asr.text.strip(), asr.language, asr.duration_s)
         if type_ in events.TERMINAL:
             reason = (data.get("error") or {}).get("reason") or type_
             return Transcript("", None, 0.0, error=str(reason))
@@ -112,8 +111,8 @@ class Finished:
     text: str
     reason: str | None = None
     cost: dict[str, float] | None = None
-    knowledge: dict[str, Any] | None = None  # the knowledge-base passages the reply was grounded on
-    tool_calls: list[dict[str, Any]] | None = None  # the tools the reply called, with their results
+    knowledge: jobs.KnowledgeUse | None = None  # the knowledge-base passages the reply was grounded on
+    tool_calls: list[jobs.ToolCallRecord] = field(default_factory=list)  # the tools it called, with results
     action: str | None = None  # what the call does next: transfer or end_call
 
 
@@ -142,12 +141,15 @@ async def reply_events(conn: redis.Redis, aconn: aioredis.Redis, job_id: str, ra
             if found is not None and record is not None:
                 yield Sentence(seq, str(record.text or ""), found[0], rate)
         if type_ in events.TERMINAL:
-            job = data.get("job") or {}
             status = {"job.done": "done", "job.failed": "failed"}.get(type_, "cancelled")
             reason = (data.get("error") or {}).get("reason")
-            llm = (job.get("results") or {}).get("llm") or {}
-            yield Finished(status, text, reason, job.get("cost"), llm.get("knowledge"), llm.get("tool_calls"),
-                           llm.get("action"))
+            job = jobs.Job.from_wire(data["job"]) if data.get("job") else None
+            reply = job.reply if job is not None else None
+            if reply is None:
+                yield Finished(status, text, reason, job.cost if job is not None else None)
+                return
+            yield Finished(status, text, reason, job.cost if job is not None else None, reply.knowledge,
+                           reply.tool_calls, reply.action)
             return
     yield Finished("failed", text, "timeout")
 
