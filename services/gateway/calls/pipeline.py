@@ -107,7 +107,7 @@ class Sentence:
 class Finished:
     """The reply job ended: `status` done, failed or cancelled."""
 
-    status: str
+    status: jobs.JobStatus
     text: str
     reason: str | None = None
     cost: dict[str, float] | None = None
@@ -128,7 +128,7 @@ async def reply_events(conn: redis.Redis, aconn: aioredis.Redis, job_id: str, ra
     async for event in follow(aconn, job_id, idle_s=timeout_s):
         # A long reply on a busy server may take minutes in all; only silence for `timeout_s` is a failure.
         if event is None:
-            yield Finished("failed", text, "timeout")
+            yield Finished(jobs.JobStatus.FAILED, text, "timeout")
             return
         _, type_, data = event
         order.feed(event)
@@ -141,7 +141,8 @@ async def reply_events(conn: redis.Redis, aconn: aioredis.Redis, job_id: str, ra
             if found is not None and record is not None:
                 yield Sentence(seq, str(record.text or ""), found[0], rate)
         if type_ in events.TERMINAL:
-            status = {"job.done": "done", "job.failed": "failed"}.get(type_, "cancelled")
+            status = {"job.done": jobs.JobStatus.DONE, "job.failed": jobs.JobStatus.FAILED}.get(
+                type_, jobs.JobStatus.CANCELLED)
             reason = (data.get("error") or {}).get("reason")
             job = jobs.Job.from_wire(data["job"]) if data.get("job") else None
             reply = job.reply if job is not None else None
@@ -151,7 +152,7 @@ async def reply_events(conn: redis.Redis, aconn: aioredis.Redis, job_id: str, ra
             yield Finished(status, text, reason, job.cost if job is not None else None, reply.knowledge,
                            reply.tool_calls, reply.action)
             return
-    yield Finished("failed", text, "timeout")
+    yield Finished(jobs.JobStatus.FAILED, text, "timeout")
 
 
 def cancel(conn: redis.Redis, settings: GatewaySettings, job_id: str) -> None:
@@ -159,7 +160,7 @@ def cancel(conn: redis.Redis, settings: GatewaySettings, job_id: str) -> None:
     already running find the job gone and store nothing."""
     if jobs.status(conn, job_id) in jobs.TERMINAL_STATUSES:
         return
-    jobs.put_status(conn, job_id, "cancelled")
+    jobs.put_status(conn, job_id, jobs.JobStatus.CANCELLED)
     events.append(conn, job_id, "job.cancelled", {"id": job_id}, settings.job_ttl_s)
     retention.purge_job(conn, job_id, keep_events_s=CANCELLED_STREAM_TTL_S)
 

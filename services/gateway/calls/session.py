@@ -36,7 +36,7 @@ from services.gateway.calls.formats import PCM24, VAD_RATE, AudioFormat, FormatE
 from services.gateway.calls.protocol import ProtocolError
 from services.gateway.calls.vad import Endpointer, VadParams
 from services.gateway.config import GatewaySettings
-from shared.jobs import ToolCallRecord
+from shared.jobs import JobStatus, ToolCallRecord
 
 log = logging.getLogger(__name__)
 
@@ -556,7 +556,7 @@ class CallSession:
             else:
                 finished = event
         response.done = True
-        if finished is None or finished.status != "done":
+        if finished is None or finished.status != JobStatus.DONE:
             reason = finished.reason if finished else "no_result"
             self._record_reply(response, "failed")
             await self.emit("response.done", response=protocol.response(
