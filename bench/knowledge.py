@@ -33,10 +33,10 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.pipeline import bench_stack, machine, pct, warm  # noqa: E402
+from bench.pipeline import RawEngines, bench_stack, machine, pct  # noqa: E402
 from bench.streaming import follow_turn, forget_answers  # noqa: E402
 from services.gateway import keystore  # noqa: E402
-from services.llm import embeddings  # noqa: E402
+from services.llm import embeddings, warmup  # noqa: E402
 from services.llm.config import LlmSettings  # noqa: E402
 from services.llm.knowledge import grounding, index, lexical  # noqa: E402
 from services.llm.knowledge.retrieve import Library  # noqa: E402
@@ -146,6 +146,12 @@ def spoken(client: httpx.Client, text: str) -> tuple[float, str]:
 
     timing = follow_turn(client, post)
     return timing["ttfa"], posted[0]
+
+
+def warm(raw: RawEngines, llm: LlmSettings) -> None:
+    """Leave the server's cache as its warm-up leaves a slot: the system prompt the stage sends (the grounding
+    instructions included), and no caller's turn, before each question of either tenant."""
+    raw.chat([*warmup.chat_messages(llm), {"role": "user", "content": "Hello"}], llm.llm_model)
 
 
 def on_stack(sizes_in_stack: int, questions: int = 8, ttfa_only: bool = False) -> None:

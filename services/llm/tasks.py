@@ -256,6 +256,8 @@ def answer_from_llm(
     native = acting is not None and settings.llm_tool_mode == "native"
     if native:
         system = f"{system}\n\n{actions.INSTRUCTIONS}"
+    if grounded is not None:
+        system = grounding.with_instructions(system)
     messages = prompts.build(text, system=system, language=language, history=history, turns=turns)
     if grounded is not None:
         messages = grounded.messages(messages)

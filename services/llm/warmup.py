@@ -35,6 +35,7 @@ import httpx
 
 from services.llm import actions, analysis
 from services.llm.config import LlmSettings
+from services.llm.knowledge import grounding
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +176,15 @@ def wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes] | None, timeo
 
 
 def chat_messages(settings: LlmSettings) -> list[dict[str, str]]:
-    # As the stage sends it (services.llm.tasks.answer_from_llm): native tool use adds the instructions.
+    """The system prompt as the stage sends it (services.llm.tasks.answer_from_llm): native tool use adds the
+    actions' instructions, a tenant with a knowledge base the grounding instructions. A tenant without one
+    shares the prefix up to the end of the configured prompt, so both are warm."""
+    system = settings.llm_system_prompt
     if settings.llm_tools and settings.llm_tool_mode == "native":
-        return [{"role": "system", "content": f"{settings.llm_system_prompt}\n\n{actions.INSTRUCTIONS}"}]
-    return [{"role": "system", "content": settings.llm_system_prompt}]
+        system = f"{system}\n\n{actions.INSTRUCTIONS}"
+    if settings.knowledge_enabled:
+        system = grounding.with_instructions(system)
+    return [{"role": "system", "content": system}]
 
 
 def chat_tools(settings: LlmSettings) -> list[dict[str, Any]] | None:

@@ -182,10 +182,12 @@ def test_barge_in_cancels_the_reply_and_history_keeps_what_was_heard(
         stack: Stack, stack_redis: redis.Redis, speech: Path, references: dict[str, dict[str, str]]) -> None:
     interruption = pcm(speech / INTERRUPTION, RATE, tail_s=1.0)
     onset = onset_s(speech / INTERRUPTION)
-    barge_ins_before = stack.metric("gateway", "voicequeue_call_barge_ins_total", transport="realtime")
-    ask = long_ask()
 
-    async def run() -> None:
+    async def run() -> bool:
+        """False when the premise failed: the model's answer was short and complete before the caller spoke,
+        so there was nothing to cancel (at temperature 0.5 it sometimes is, whatever it was asked)."""
+        barge_ins_before = stack.metric("gateway", "voicequeue_call_barge_ins_total", transport="realtime")
+        ask = long_ask()
         async with sdk_call(stack.base_url) as (conn, events):
             call_id = events.of("session.created")[0]["session"]["id"]
             mic = Mic(send_pcm(conn), RATE * 2).start()
@@ -197,8 +199,10 @@ def test_barge_in_cancels_the_reply_and_history_keeps_what_was_heard(
                 t_voice = await mic.play(interruption) + onset
                 t_started, _started = await events.type("input_audio_buffer.speech_started", 10, after=mark)
                 assert t_started - t_voice <= 0.3, f"speech_started {t_started - t_voice:.3f} s after the voice began"
-                _, done = await events.wait(lambda e: e.get("type") == "response.done"
-                                            and e["response"]["id"] == old, 10)
+                t_done, done = await events.wait(lambda e: e.get("type") == "response.done"
+                                                 and e["response"]["id"] == old, 10)
+                if done["response"]["status"] == "completed" and t_done < t_started:
+                    return False
                 assert done["response"]["status"] == "cancelled"
                 old_deltas = [(t, e) for t, e in events.timed("response.output_audio.delta")
                               if e["response_id"] == old]
@@ -241,8 +245,10 @@ def test_barge_in_cancels_the_reply_and_history_keeps_what_was_heard(
         played = audio_of([e for _, e in old_deltas])[: played_ms * RATE // 1000 * 2]
         assert wer(said.rstrip("…"), transcribe(stack, played, RATE)) <= 0.35
         assert asked["inputs"]["text"] == heard["transcript"]
+        return True
 
-    asyncio.run(run())
+    tries = 3
+    assert any(asyncio.run(run()) for _ in range(tries)), f"every one of {tries} replies ended before the barge-in"
 
 
 def test_short_sounds_do_not_interrupt(stack: Stack, speech: Path) -> None:

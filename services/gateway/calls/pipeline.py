@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,9 +58,8 @@ async def transcript(aconn: aioredis.Redis, job_id: str, timeout_s: float) -> Tr
             break
         _, type_, data = event
         if type_ == "job.done":
-            asr = data["job"]["results"].get("asr") or {}
-            return Transcript(str(asr.get("text") or "").strip(), asr.get("language"),
-                              float(asr.get("duration_s") or 0.0))
+            asr = jobs.Job.from_wire(data["job"]).results.asr or jobs.AsrResult()
+            return Transcript(asr.text.strip(), asr.language, asr.duration_s)
         if type_ in events.TERMINAL:
             reason = (data.get("error") or {}).get("reason") or type_
             return Transcript("", None, 0.0, error=str(reason))
@@ -108,12 +107,12 @@ class Sentence:
 class Finished:
     """The reply job ended: `status` done, failed or cancelled."""
 
-    status: str
+    status: jobs.JobStatus
     text: str
     reason: str | None = None
     cost: dict[str, float] | None = None
-    knowledge: dict[str, Any] | None = None  # the knowledge-base passages the reply was grounded on
-    tool_calls: list[dict[str, Any]] | None = None  # the tools the reply called, with their results
+    knowledge: jobs.KnowledgeUse | None = None  # the knowledge-base passages the reply was grounded on
+    tool_calls: list[jobs.ToolCallRecord] = field(default_factory=list)  # the tools it called, with results
     action: str | None = None  # what the call does next: transfer or end_call
 
 
@@ -129,7 +128,7 @@ async def reply_events(conn: redis.Redis, aconn: aioredis.Redis, job_id: str, ra
     async for event in follow(aconn, job_id, idle_s=timeout_s):
         # A long reply on a busy server may take minutes in all; only silence for `timeout_s` is a failure.
         if event is None:
-            yield Finished("failed", text, "timeout")
+            yield Finished(jobs.JobStatus.FAILED, text, "timeout")
             return
         _, type_, data = event
         order.feed(event)
@@ -142,14 +141,18 @@ async def reply_events(conn: redis.Redis, aconn: aioredis.Redis, job_id: str, ra
             if found is not None and record is not None:
                 yield Sentence(seq, str(record.text or ""), found[0], rate)
         if type_ in events.TERMINAL:
-            job = data.get("job") or {}
-            status = {"job.done": "done", "job.failed": "failed"}.get(type_, "cancelled")
+            status = {"job.done": jobs.JobStatus.DONE, "job.failed": jobs.JobStatus.FAILED}.get(
+                type_, jobs.JobStatus.CANCELLED)
             reason = (data.get("error") or {}).get("reason")
-            llm = (job.get("results") or {}).get("llm") or {}
-            yield Finished(status, text, reason, job.get("cost"), llm.get("knowledge"), llm.get("tool_calls"),
-                           llm.get("action"))
+            job = jobs.Job.from_wire(data["job"]) if data.get("job") else None
+            reply = job.reply if job is not None else None
+            if reply is None:
+                yield Finished(status, text, reason, job.cost if job is not None else None)
+                return
+            yield Finished(status, text, reason, job.cost if job is not None else None, reply.knowledge,
+                           reply.tool_calls, reply.action)
             return
-    yield Finished("failed", text, "timeout")
+    yield Finished(jobs.JobStatus.FAILED, text, "timeout")
 
 
 def cancel(conn: redis.Redis, settings: GatewaySettings, job_id: str) -> None:
@@ -157,7 +160,7 @@ def cancel(conn: redis.Redis, settings: GatewaySettings, job_id: str) -> None:
     already running find the job gone and store nothing."""
     if jobs.status(conn, job_id) in jobs.TERMINAL_STATUSES:
         return
-    jobs.put_status(conn, job_id, "cancelled")
+    jobs.put_status(conn, job_id, jobs.JobStatus.CANCELLED)
     events.append(conn, job_id, "job.cancelled", {"id": job_id}, settings.job_ttl_s)
     retention.purge_job(conn, job_id, keep_events_s=CANCELLED_STREAM_TTL_S)
 

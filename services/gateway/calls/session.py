@@ -36,6 +36,7 @@ from services.gateway.calls.formats import PCM24, VAD_RATE, AudioFormat, FormatE
 from services.gateway.calls.protocol import ProtocolError
 from services.gateway.calls.vad import Endpointer, VadParams
 from services.gateway.config import GatewaySettings
+from shared.jobs import JobStatus, ToolCallRecord
 
 log = logging.getLogger(__name__)
 
@@ -555,7 +556,7 @@ class CallSession:
             else:
                 finished = event
         response.done = True
-        if finished is None or finished.status != "done":
+        if finished is None or finished.status != JobStatus.DONE:
             reason = finished.reason if finished else "no_result"
             self._record_reply(response, "failed")
             await self.emit("response.done", response=protocol.response(
@@ -566,9 +567,9 @@ class CallSession:
             item.text = speak
         self._record_reply(response, "completed")  # before any await: a barge-in from here on updates it
         if finished.knowledge and response.turn is not None:
-            response.turn["knowledge"] = finished.knowledge  # which passages answered: kept, never spoken
+            response.turn["knowledge"] = finished.knowledge.wire()  # which passages answered: kept, never spoken
         if finished.tool_calls and response.turn is not None:
-            response.turn["tool_calls"] = finished.tool_calls
+            response.turn["tool_calls"] = [c.wire() for c in finished.tool_calls]
             response.turn["action"] = finished.action
         for c, amount in (finished.cost or {}).items():
             self.cost[c] = self.cost.get(c, 0.0) + amount
@@ -582,7 +583,7 @@ class CallSession:
                                                                      usage=usage))
         await self._save()
         if finished.action in ACTIONS and speak is None:
-            self._spawn(self._after_action(response, finished.action, finished.tool_calls or []))
+            self._spawn(self._after_action(response, finished.action, finished.tool_calls))
 
     async def _send_sentence(self, response: Response, sentence: pipeline.Sentence, ids: dict[str, Any]) -> None:
         fmt = self.config.output_format
@@ -827,14 +828,14 @@ class CallSession:
         response = self.response
         return response is not None and response.done and response.played_ms(now) >= response.item.sent_ms - 1
 
-    async def _after_action(self, response: Response, action: str, calls: list[dict[str, Any]]) -> None:
+    async def _after_action(self, response: Response, action: str, calls: list[ToolCallRecord]) -> None:
         """Once the reply saying so has been heard: hand the caller to a person, or hang up."""
         self.config.vad = None  # the call is ending: nothing the caller says now starts a turn
         try:
             await self._until_heard(response)
             if action == "transfer":
-                reason = next((str((c.get("arguments") or {}).get("reason") or "") for c in calls
-                               if c.get("name") == "transfer_to_human" and isinstance(c.get("arguments"), dict)), "")
+                reason = next((str(c.arguments.get("reason") or "") for c in calls
+                               if c.name == "transfer_to_human" and isinstance(c.arguments, dict)), "")
                 await self.transfer(reason or "caller asked for a person")
         finally:
             await self.end(ACTIONS[action])  # whatever happened above, the call does not stay open
