@@ -115,6 +115,10 @@ class CommonSettings(BaseSettings):
         False, description="Let tenants register custom tools at plain http:// URLs on any host (on-prem networks); "
         "otherwise tools use https, or http only to 127.0.0.1/localhost/::1.")
     tools_max_per_tenant: int = Field(32, ge=1, description="Custom tools a tenant may register (POST /v1/tools).")
+    egress_allow_private: bool = Field(
+        False, description="Let tenants' webhooks and tools reach private, link-local and other internal addresses "
+        "(on-prem deployments whose receivers live on the internal network). Off, a webhook or tool URL whose host "
+        "is or resolves to one is refused when registered and again when called; loopback is always allowed.")
 
     @property
     def redis_wait_ms(self) -> int:

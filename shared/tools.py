@@ -4,6 +4,8 @@ A tool is stored per tenant (`put`, `get`, `list_tools`, `delete`), offered to t
 `tools=` shape (`openai_tools`), its arguments checked against its JSON Schema (`check_arguments`) and
 finally called (`call`): a signed JSON POST whose answer, or failure, comes back as a `ToolOutcome`.
 `call` never raises and never takes longer than the tool's timeout, because a caller is waiting on the line.
+A tool's host must not be, or resolve to, an internal address (`shared.egress`): checked when the tool is
+registered and again before every request.
 
 Tools are kept until deleted (no TTL): `keys.PERMANENT` spares them from the retention sweep.
 """
@@ -24,13 +26,14 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from referencing.exceptions import Unresolvable
 
-from shared import keys, signing
+from shared import egress, keys, signing
 from shared.redisio import transaction
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 BUILTIN = ("transfer_to_human", "end_call", "create_ticket")  # handled by the LLM stage itself
 HEADER_TOOL = "X-Voicequeue-Tool"
 ALLOW_HTTP = "allow_http"  # validation context key: the `tools_allow_http` setting
+ALLOW_PRIVATE = "allow_private"  # validation context key: the `egress_allow_private` setting
 LOOPBACK_HOSTS = ("localhost",)
 MAX_SCHEMA_BYTES = 16 * 1024  # the schema goes into every prompt that offers the tool
 MAX_BODY_BYTES = 64 * 1024  # what is read of a tool's answer, so a tool cannot flood the prompt
@@ -87,7 +90,8 @@ class Tool(BaseModel):
     @classmethod
     def _url(cls, value: str, info: ValidationInfo) -> str:
         context = info.context or {}
-        check_url(value, allow_http=bool(context.get(ALLOW_HTTP, False)))
+        check_url(value, allow_http=bool(context.get(ALLOW_HTTP, False)),
+                  allow_private=bool(context.get(ALLOW_PRIVATE, False)))
         return value
 
 
@@ -132,9 +136,10 @@ def _refs(node: Any) -> list[str]:
     return own + [ref for value in node.values() for ref in _refs(value)]
 
 
-def check_url(url: str, *, allow_http: bool = False) -> None:
+def check_url(url: str, *, allow_http: bool = False, allow_private: bool = False) -> None:
     """Refuse a URL the gateway must not call (ValueError saying why). Plain http is for a loopback host
-    (tests, a sidecar) or when the operator allows it (on-prem networks); anything else goes over https."""
+    (tests, a sidecar) or when the operator allows it (on-prem networks); anything else goes over https.
+    A host that is, or resolves to, an internal address is refused unless `allow_private` (`shared.egress`)."""
     if any(c.isspace() or not c.isprintable() for c in url):
         raise ValueError("must not contain spaces or control characters")
     try:
@@ -151,6 +156,7 @@ def check_url(url: str, *, allow_http: bool = False) -> None:
     if parts.scheme == "http" and not (allow_http or is_loopback(host)):
         raise ValueError("must use https (plain http is allowed only to 127.0.0.1, localhost or ::1, "
                          "unless the operator sets VQ_TOOLS_ALLOW_HTTP)")
+    egress.check_host(host, allow_private=allow_private)
 
 
 def _valid_host(host: str) -> bool:
@@ -175,17 +181,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse(data: Any, *, allow_http: bool = False) -> Tool:
-    """A tool from a client's spec (a dict); pydantic's ValidationError says what is wrong."""
-    return Tool.model_validate(data, context={ALLOW_HTTP: allow_http})
+def parse(data: Any, *, allow_http: bool = False, allow_private: bool = False) -> Tool:
+    """A tool from a client's spec (a dict); pydantic's ValidationError says what is wrong. The URL's host
+    is resolved: call it from a thread, not an event loop."""
+    return Tool.model_validate(data, context={ALLOW_HTTP: allow_http, ALLOW_PRIVATE: allow_private})
 
 
 # ---- storage --------------------------------------------------------------------------------------------
 
 
 def _load(raw: bytes | str) -> Tool:
-    # Stored tools passed the URL check when they were put; the setting may have changed since.
-    return Tool.model_validate_json(raw, context={ALLOW_HTTP: True})
+    # Stored tools passed the URL check when they were put; the settings may have changed since. Loading
+    # resolves no names: `call` applies the egress policy as it is when the tool is called.
+    return Tool.model_validate_json(raw, context={ALLOW_HTTP: True, ALLOW_PRIVATE: True})
 
 
 def put(conn: redis.Redis, tenant: str, tool: Tool, *, max_tools: int = DEFAULT_MAX_TOOLS) -> Tool:
@@ -262,9 +270,11 @@ def request_headers(tool: Tool, body: bytes, secret: str | None) -> dict[str, st
 
 
 def call(tool: Tool, arguments: dict[str, Any], *, secret: str | None, call_id: str, tenant: str,
-         timeout_s: float | None = None) -> ToolOutcome:
+         timeout_s: float | None = None, allow_private: bool = False) -> ToolOutcome:
     """POST the arguments to the tool's endpoint, signed with `secret` when given, and say what came back.
-    Never raises; never takes longer than `timeout_s` (default: the tool's) in total, retry included."""
+    Never raises; never takes longer than `timeout_s` (default: the tool's) in total, retry included.
+    `allow_private` is the `egress_allow_private` setting: without it, an endpoint that now is, or resolves
+    to, an internal address is not called (a failed outcome saying so)."""
     budget = timeout_s or tool.timeout_s
     start = time.monotonic()
     deadline = start + budget
@@ -272,7 +282,7 @@ def call(tool: Tool, arguments: dict[str, Any], *, secret: str | None, call_id: 
     # httpx's timeouts bound each step (connect, each read), not the whole request: the request runs in a
     # thread of its own and the line waits for it no longer than the budget.
     worker = threading.Thread(target=lambda: outcome.append(_guarded(tool, arguments, secret, call_id, tenant,
-                                                                     deadline)),
+                                                                     deadline, allow_private)),
                               name=f"tool-{tool.name}", daemon=True)
     worker.start()
     worker.join(budget)
@@ -283,34 +293,39 @@ def call(tool: Tool, arguments: dict[str, Any], *, secret: str | None, call_id: 
 
 
 def _guarded(tool: Tool, arguments: dict[str, Any], secret: str | None, call_id: str, tenant: str,
-             deadline: float) -> ToolOutcome:
+             deadline: float, allow_private: bool) -> ToolOutcome:
     try:
-        return _attempts(tool, arguments, secret, call_id, tenant, deadline)
+        return _attempts(tool, arguments, secret, call_id, tenant, deadline, allow_private)
     except Exception as exc:  # the caller is promised an outcome, whatever the URL or the endpoint does
         return ToolOutcome(ok=False, error=f"the call failed: {type(exc).__name__}: {exc}")
 
 
 def _attempts(tool: Tool, arguments: dict[str, Any], secret: str | None, call_id: str, tenant: str,
-              deadline: float) -> ToolOutcome:
+              deadline: float, allow_private: bool) -> ToolOutcome:
     """One request, and one retry when the endpoint asks for it briefly and time allows."""
     try:
         body = request_body(tool, arguments, call_id, tenant)
     except (TypeError, ValueError) as exc:
         return ToolOutcome(ok=False, error=f"the arguments are not JSON: {exc}")
     with httpx.Client(follow_redirects=False) as client:
-        outcome, wait = _attempt(client, tool, body, secret, deadline)
+        outcome, wait = _attempt(client, tool, body, secret, deadline, allow_private)
         if wait is not None and time.monotonic() + wait < deadline:
             time.sleep(wait)
-            outcome, _ = _attempt(client, tool, body, secret, deadline)
+            outcome, _ = _attempt(client, tool, body, secret, deadline, allow_private)
     return outcome
 
 
-def _attempt(client: httpx.Client, tool: Tool, body: bytes, secret: str | None,
-             deadline: float) -> tuple[ToolOutcome, float | None]:
+def _attempt(client: httpx.Client, tool: Tool, body: bytes, secret: str | None, deadline: float,
+             allow_private: bool) -> tuple[ToolOutcome, float | None]:
     """The outcome of one POST, and the wait before a retry when one is worth it (else None)."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         return ToolOutcome(ok=False, error="timeout: no time left for the request"), None
+    try:
+        # Again per attempt: the name may resolve elsewhere than when the tool was registered.
+        egress.check_url(tool.url, allow_private=allow_private)
+    except egress.Blocked as exc:
+        return ToolOutcome(ok=False, error=f"refused: {exc}"), None
     # Signed per attempt: a retry carries a fresh timestamp.
     headers = request_headers(tool, body, secret)
     try:

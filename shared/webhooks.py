@@ -10,7 +10,9 @@ schedule. Every worker's reaper calls `release_due`, which puts due deliveries b
 run no rq scheduler). A delivery that succeeds is `delivered`; one that runs out of attempts, or is refused
 with another 4xx, is `dead` and joins the tenant's dead-letter list until it is replayed. Delivery is at
 least once: a worker dying between the receiver's 2xx and the record being marked re-sends the same
-`X-Voicequeue-Delivery` id, which receivers dedupe on.
+`X-Voicequeue-Delivery` id, which receivers dedupe on. An endpoint whose host is, or has come to resolve
+to, an internal address (`shared.egress`) is refused when set, and each attempt to it is refused (dead,
+not retried) before connecting.
 
 Endpoints are kept until deleted (`keys.PERMANENT`); deliveries and dead letters for `webhook_retention_s`.
 """
@@ -32,7 +34,7 @@ import redis
 from pydantic import BaseModel
 from rq import Queue
 
-from shared import keys, metrics, queues, signing
+from shared import egress, keys, metrics, queues, signing
 from shared.config import CommonSettings
 from shared.redisio import text, transaction
 from shared.retry import Retryable, classify_http_status
@@ -100,7 +102,8 @@ class Refused(Exception):
 # ---- endpoints ----------------------------------------------------------------------------------------
 
 
-def check_url(url: str) -> str:
+def check_url(url: str, *, allow_private: bool = False) -> str:
+    """The URL, stripped; ValueError saying why it is refused (`egress.Blocked` for an internal address)."""
     refusal = f"a webhook URL must be http:// or https:// with a host, not {url[:100]!r}"
     try:
         parts = urlsplit(url.strip())
@@ -111,6 +114,7 @@ def check_url(url: str) -> str:
         raise ValueError(refusal)
     if len(url) > URL_MAX_CHARS:
         raise ValueError(f"a webhook URL has at most {URL_MAX_CHARS} characters")
+    egress.check_host(parts.hostname, allow_private=allow_private)
     return url.strip()
 
 
@@ -126,10 +130,11 @@ def check_events(events: list[str] | None) -> list[str] | None:
 
 
 def set_endpoint(conn: redis.Redis, tenant: str, url: str, events: list[str] | None = None, *,
-                 rotate: bool = False) -> Endpoint:
+                 rotate: bool = False, allow_private: bool = False) -> Endpoint:
     """Create or change the tenant's endpoint. Its secret is made on first set and kept after, so receivers
-    keep verifying, unless `rotate` asks for a new one. ValueError for a bad URL or event name."""
-    url, events = check_url(url), check_events(events)
+    keep verifying, unless `rotate` asks for a new one. ValueError for a bad URL or event name;
+    `allow_private` is the `egress_allow_private` setting."""
+    url, events = check_url(url, allow_private=allow_private), check_events(events)
     key = keys.webhook_endpoint(tenant)
     now = time.time()
 
@@ -244,7 +249,8 @@ def send(conn: redis.Redis, settings: CommonSettings, delivery_id: str) -> None:
     status: int | None = None
     try:
         with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False) as client:
-            response = _post(client, endpoint, started, started.body.encode())
+            response = _post(client, endpoint, started, started.body.encode(),
+                             allow_private=settings.egress_allow_private)
         status = response.status_code
         _judge(response)
     except Retryable as exc:
@@ -257,8 +263,16 @@ def send(conn: redis.Redis, settings: CommonSettings, delivery_id: str) -> None:
     _update(conn, settings, delivery_id, lambda r: _mark_delivered(r, answered))
 
 
-def _post(client: httpx.Client, endpoint: Endpoint, record: Delivery, body: bytes) -> httpx.Response:
-    """One attempt: the receiver's answer, or Retryable when it gave none (timeout, connection)."""
+def _post(client: httpx.Client, endpoint: Endpoint, record: Delivery, body: bytes, *,
+          allow_private: bool) -> httpx.Response:
+    """One attempt: the receiver's answer, Retryable when it gave none (timeout, connection), or Refused
+    before connecting when the host now is, or resolves to, an internal address."""
+    try:
+        # Checked again per attempt: the name may resolve elsewhere than when the endpoint was set, and the
+        # setting may have changed. Another attempt would meet the same policy, so this is not retried.
+        egress.check_url(endpoint.url, allow_private=allow_private)
+    except egress.Blocked as exc:
+        raise Refused(str(exc)) from exc
     headers = {"Content-Type": "application/json", EVENT_HEADER: record.event, DELIVERY_HEADER: record.id,
                **signing.header(endpoint.secret, body)}  # signed now: receivers refuse stale timestamps
     try:

@@ -161,7 +161,8 @@ def call_tool(turn: Turn, tool: tools.Tool, call: Call, say_now: Callable[[str],
     endpoint = webhooks.get_endpoint(turn.conn, turn.tenant)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(tools.call, tool, call.arguments, secret=endpoint.secret if endpoint else None,
-                              call_id=turn.call_id or turn.job_id, tenant=turn.tenant)
+                              call_id=turn.call_id or turn.job_id, tenant=turn.tenant,
+                              allow_private=turn.settings.egress_allow_private)
         if turn.filler_after_s < tool.timeout_s and not turn.filler_said:
             try:
                 pending.result(timeout=turn.filler_after_s)

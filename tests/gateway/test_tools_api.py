@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +33,49 @@ ORDER_SCHEMA: dict[str, Any] = {"type": "object", "required": ["order_id"],
 Gateway = tuple[str, redis.Redis, dict[str, str], ToolServer]
 
 
+@contextmanager
+def serving(tmp_path_factory: pytest.TempPathFactory, url: str, extra_env: dict[str, str] | None = None
+            ) -> Iterator[int]:
+    """A gateway process on the Redis at `url` (at most 4 tools a tenant); yields its port."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("tools-api") / "gateway.log").open("wb")
+    env = {**os.environ, "VQ_REDIS_URL": url, "VQ_GATEWAY_PORT": str(port),
+           "VQ_TOOLS_MAX_PER_TENANT": str(MAX_TOOLS), **(extra_env or {})}
+    proc = subprocess.Popen([str(VENV_BIN / "voicequeue"), "gateway"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+
+
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """A gateway alone on its own Redis (auth on, four tenants, at most 4 tools each), and a tool endpoint."""
-    with running_redis(tmp_path_factory.mktemp("tools-api-redis")) as url, ToolServer(slow_s=5.0) as server:
-        conn = redis.Redis.from_url(url)
-        keys_ = {t: keystore.create(conn, f"shop-{t}")[0] for t in ("a", "b", "c", "d")}
-        port = free_port()
-        log = (tmp_path_factory.mktemp("tools-api") / "gateway.log").open("wb")
-        env = {**os.environ, "VQ_REDIS_URL": url, "VQ_GATEWAY_PORT": str(port),
-               "VQ_TOOLS_MAX_PER_TENANT": str(MAX_TOOLS)}
-        proc = subprocess.Popen([str(VENV_BIN / "voicequeue"), "gateway"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+def redis_at(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_redis(tmp_path_factory.mktemp("tools-api-redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, redis_at: str) -> Iterator[Gateway]:
+    """A gateway alone on its own Redis (auth on, five tenants, at most 4 tools each), and a tool endpoint."""
+    with ToolServer(slow_s=5.0) as server:
+        conn = redis.Redis.from_url(redis_at)
+        keys_ = {t: keystore.create(conn, f"shop-{t}")[0] for t in ("a", "b", "c", "d", "e")}
         try:
-            wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc)
-            yield f"http://127.0.0.1:{port}", conn, keys_, server
+            with serving(tmp_path_factory, redis_at) as port:
+                yield f"http://127.0.0.1:{port}", conn, keys_, server
         finally:
-            proc.terminate()
-            proc.wait(15)
             conn.close()
+
+
+@pytest.fixture(scope="module")
+def open_gateway(tmp_path_factory: pytest.TempPathFactory, redis_at: str, gateway: Gateway) -> Iterator[Gateway]:
+    """A second gateway on the same Redis, run by an operator who allows internal addresses (and plain http)."""
+    allow = {"VQ_EGRESS_ALLOW_PRIVATE": "true", "VQ_TOOLS_ALLOW_HTTP": "true"}
+    with serving(tmp_path_factory, redis_at, allow) as port:
+        yield f"http://127.0.0.1:{port}", gateway[1], gateway[2], gateway[3]
 
 
 def client(gateway: Gateway, tenant: str = "a") -> httpx.Client:
@@ -122,6 +147,13 @@ BAD: dict[str, tuple[dict[str, Any], int, str, str]] = {
                                 '"type": "object"'),
     "plain http": ({"json": {"url": "http://shop.example/order"}}, 422, "invalid_tool_url",
                    "url: must use https"),
+    "metadata url": ({"json": {"url": "https://169.254.169.254/latest/meta-data/"}}, 422, "invalid_tool_url",
+                     "url: 169.254.169.254 is a link-local address: tenants' webhooks and tools may not call "
+                     "internal addresses unless the operator sets VQ_EGRESS_ALLOW_PRIVATE=true"),
+    "private url": ({"json": {"url": "https://10.0.0.5/t"}}, 422, "invalid_tool_url",
+                    "url: 10.0.0.5 is a private address"),
+    "decimal metadata url": ({"json": {"url": "https://2852039166/t"}}, 422, "invalid_tool_url",
+                             "url: '2852039166' resolves to 169.254.169.254, which is a link-local address"),
     "built-in name": ({"json": {"name": "transfer_to_human"}}, 422, "reserved_tool_name",
                       "name: 'transfer_to_human' is a built-in tool"),
     "bad name": ({"json": {"name": "look up order"}}, 422, "invalid_tool_name", "name: a tool name is 1-64"),
@@ -194,6 +226,31 @@ def test_test_call_checks_arguments_then_calls_the_endpoint(gateway: Gateway) ->
         assert c.post("/v1/tools/no_such_tool/test", json={"arguments": {}}).status_code == 404
         r = c.post("/v1/tools/lookup_order/test", content=b"{", headers={"content-type": "application/json"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
+
+
+def test_an_internal_tool_is_accepted_when_allowed_and_refused_again_when_called(
+        gateway: Gateway, open_gateway: Gateway) -> None:
+    server = gateway[3]
+    # 0.0.0.0 reaches this host's loopback on Linux: the tool server, at an address the policy refuses.
+    internal = spec(gateway, name="internal", url=server.url("/ok").replace("127.0.0.1", "0.0.0.0"))
+    with client(gateway, "e") as closed, client(open_gateway, "e") as opened:
+        assert closed.post("/v1/tools", json=internal).status_code == 422  # refused (see BAD for the reasons)
+        assert names(closed) == []
+        assert opened.post("/v1/tools", json=internal).status_code == 201
+        assert names(closed) == ["internal"]
+
+        before = len(server.requests)
+        r = closed.post("/v1/tools/internal/test", json={"arguments": {"order_id": "1234"}})
+        assert r.status_code == 200, r.text
+        outcome = r.json()
+        assert outcome["ok"] is False and outcome["status"] is None
+        assert outcome["error"].startswith("refused: 0.0.0.0 is an unspecified address")
+        assert "VQ_EGRESS_ALLOW_PRIVATE=true" in outcome["error"]
+        assert len(server.requests) == before  # nothing was sent
+
+        r = opened.post("/v1/tools/internal/test", json={"arguments": {"order_id": "1234"}})
+        assert r.status_code == 200 and r.json()["ok"] is True, r.text
+        assert len(server.requests) == before + 1
 
 
 def test_test_calls_are_capped_so_other_routes_keep_answering(gateway: Gateway) -> None:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,24 +35,41 @@ class Gateway:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.keys[tenant]}"}, timeout=30)
 
 
+@contextmanager
+def serving(tmp_path_factory: pytest.TempPathFactory, url: str, extra_env: dict[str, str] | None = None
+            ) -> Iterator[int]:
+    """A gateway process on the Redis at `url`; yields its port."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("webhooks-api") / "gateway.log").open("wb")
+    env = {**os.environ, "VQ_REDIS_URL": url, "VQ_GATEWAY_PORT": str(port), **(extra_env or {})}
+    proc = subprocess.Popen([str(VENV_BIN / "voicequeue"), "gateway"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """A gateway alone on its own Redis (auth on, three tenants)."""
+    """A gateway alone on its own Redis (auth on, four tenants)."""
     with running_redis(tmp_path_factory.mktemp("webhooks-api-redis")) as url:
         conn = redis.Redis.from_url(url)
-        keys_ = {name: keystore.create(conn, f"shop-{name}")[0] for name in ("a", "b", "c")}
-        port = free_port()
-        log = (tmp_path_factory.mktemp("webhooks-api") / "gateway.log").open("wb")
-        env = {**os.environ, "VQ_REDIS_URL": url, "VQ_GATEWAY_PORT": str(port)}
-        proc = subprocess.Popen([str(VENV_BIN / "voicequeue"), "gateway"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        keys_ = {name: keystore.create(conn, f"shop-{name}")[0] for name in ("a", "b", "c", "d")}
         try:
-            wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc)
-            yield Gateway(f"http://127.0.0.1:{port}", conn, url, keys_)
+            with serving(tmp_path_factory, url) as port:
+                yield Gateway(f"http://127.0.0.1:{port}", conn, url, keys_)
         finally:
-            proc.terminate()
-            proc.wait(15)
             conn.close()
+
+
+@pytest.fixture(scope="module")
+def open_gateway(tmp_path_factory: pytest.TempPathFactory, gateway: Gateway) -> Iterator[Gateway]:
+    """A second gateway on the same Redis, run by an operator who set VQ_EGRESS_ALLOW_PRIVATE=true."""
+    with serving(tmp_path_factory, gateway.redis_url, {"VQ_EGRESS_ALLOW_PRIVATE": "true"}) as port:
+        yield Gateway(f"http://127.0.0.1:{port}", gateway.conn, gateway.redis_url, gateway.keys)
 
 
 @pytest.fixture
@@ -119,6 +137,13 @@ BAD: dict[str, tuple[dict[str, Any], int, str, str]] = {
     "no events": ({"json": {"url": "https://x.test/h", "events": []}}, 400, "invalid_webhook_events",
                   "at least one event"),
     "missing url": ({"json": {"events": None}}, 422, "invalid_request", "missing field 'url'"),
+    "metadata url": ({"json": {"url": "http://169.254.169.254/latest/meta-data/"}}, 400, "invalid_webhook_url",
+                     "169.254.169.254 is a link-local address: tenants' webhooks and tools may not call internal "
+                     "addresses unless the operator sets VQ_EGRESS_ALLOW_PRIVATE=true"),
+    "private url": ({"json": {"url": "http://192.168.1.1/"}}, 400, "invalid_webhook_url",
+                    "192.168.1.1 is a private address"),
+    "mapped metadata url": ({"json": {"url": "https://[::ffff:169.254.169.254]/"}}, 400, "invalid_webhook_url",
+                            "::ffff:169.254.169.254 is a link-local address"),
     "events not a list": ({"json": {"url": "https://x.test/h", "events": "call.ended"}}, 422, "invalid_request",
                           "events"),
 }
@@ -132,6 +157,31 @@ def test_bad_endpoints_are_refused(gateway: Gateway, case: str) -> None:
         assert r.status_code == status, r.text
         assert r.json()["error"]["code"] == code and says in r.json()["error"]["message"]
         assert c.get("/v1/webhooks").status_code == 404  # nothing stored
+
+
+def test_an_internal_endpoint_is_accepted_when_allowed_and_refused_again_when_sent(
+        gateway: Gateway, open_gateway: Gateway, receiver: Receiver) -> None:
+    # 0.0.0.0 reaches this host's loopback on Linux: the receiver, at an address the policy refuses.
+    url = receiver.url.replace("127.0.0.1", "0.0.0.0")
+    with gateway.client("d") as closed, open_gateway.client("d") as opened:
+        r = closed.put("/v1/webhooks", json={"url": url})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_webhook_url"
+        assert "0.0.0.0 is an unspecified address" in r.json()["error"]["message"]
+        assert closed.get("/v1/webhooks").status_code == 404
+        r = opened.put("/v1/webhooks", json={"url": url})
+        assert r.status_code == 200 and r.json()["url"] == url, r.text
+        assert closed.get("/v1/webhooks").json()["url"] == url
+    # The workers' settings (settings_for) leave egress_allow_private off: the delivery is refused unsent.
+    delivery_id = webhooks.deliver(gateway.conn, settings_for(gateway), "shop-d", "call.ended", {"call": "c9"})
+    assert delivery_id is not None
+    work_deliveries(gateway)
+    with gateway.client("d") as closed:
+        dead = closed.get(f"/v1/webhooks/deliveries/{delivery_id}").json()
+        assert (dead["status"], dead["attempts"], dead["response_status"]) == ("dead", 1, None)
+        assert dead["last_error"].startswith("0.0.0.0 is an unspecified address")
+        assert "VQ_EGRESS_ALLOW_PRIVATE=true" in dead["last_error"]
+        assert [d["id"] for d in closed.get("/v1/webhooks/dead").json()["dead"]] == [delivery_id]
+    assert receiver.requests == []
 
 
 def test_dead_letters_are_the_tenants_own_and_replay_once_fixed(gateway: Gateway, receiver: Receiver) -> None:

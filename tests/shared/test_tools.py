@@ -92,8 +92,24 @@ def test_plain_http_is_for_loopback_unless_allowed() -> None:
     for url in ("http://127.0.0.1:8080/t", "http://localhost/t", "http://[::1]:9/t", "http://127.0.0.2/t"):
         assert tools.parse(spec(url=url)).url == url
     with pytest.raises(ValidationError, match="must use https"):
-        tools.parse(spec(url="http://10.0.0.5/t"))
-    assert tools.parse(spec(url="http://10.0.0.5/t"), allow_http=True).url == "http://10.0.0.5/t"
+        tools.parse(spec(url="http://shop.example/t"))
+    assert tools.parse(spec(url="http://shop.example/t"), allow_http=True).url == "http://shop.example/t"
+    # Plain http says nothing about where: a private host needs egress_allow_private as well.
+    with pytest.raises(ValidationError, match=r"10\.0\.0\.5 is a private address"):
+        tools.parse(spec(url="http://10.0.0.5/t"), allow_http=True)
+    assert tools.parse(spec(url="http://10.0.0.5/t"), allow_http=True, allow_private=True).url == "http://10.0.0.5/t"
+
+
+@pytest.mark.parametrize("url", ["https://169.254.169.254/latest/meta-data/", "https://10.0.0.5/t",
+                                 "https://[::ffff:169.254.169.254]/t", "https://2852039166/t"])
+def test_a_tool_at_an_internal_address_is_refused_unless_the_operator_allows_it(url: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        tools.parse(spec(url=url))
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("url",)
+    assert " address: tenants' webhooks and tools may not call internal addresses" in error["msg"]
+    assert "VQ_EGRESS_ALLOW_PRIVATE=true" in error["msg"]
+    assert tools.parse(spec(url=url), allow_private=True).url == url
 
 
 # ---- storage ------------------------------------------------------------------------------------------
@@ -138,7 +154,7 @@ def test_a_tenant_has_at_most_max_tools(conn: redis.Redis) -> None:
 
 
 def test_a_tool_stored_under_allow_http_still_loads(conn: redis.Redis) -> None:
-    tools.put(conn, "shop-a", tools.parse(spec(url="http://10.0.0.5/t"), allow_http=True))
+    tools.put(conn, "shop-a", tools.parse(spec(url="http://10.0.0.5/t"), allow_http=True, allow_private=True))
     loaded = tools.get(conn, "shop-a", "lookup_order")
     assert loaded is not None and loaded.url == "http://10.0.0.5/t"
 
@@ -259,6 +275,21 @@ def test_nothing_listening_is_a_connection_error() -> None:
     outcome = call(tool_at(f"http://127.0.0.1:{free_port()}/t"))
     assert not outcome.ok and outcome.status is None
     assert outcome.error is not None and outcome.error.startswith("connection failed: ConnectError")
+
+
+def test_an_internal_address_is_refused_again_when_the_tool_is_called(server: ToolServer) -> None:
+    # 0.0.0.0 reaches this host's loopback on Linux: the same server, at an address the policy refuses.
+    url = server.url("/ok").replace("127.0.0.1", "0.0.0.0")
+    tool = tools.parse(spec(url=url), allow_http=True, allow_private=True)  # registered while allowed
+    before = len(server.requests)
+    outcome = call(tool)
+    assert not outcome.ok and outcome.status is None and outcome.result is None
+    assert outcome.error is not None and outcome.error.startswith("refused: 0.0.0.0 is an unspecified address")
+    assert "VQ_EGRESS_ALLOW_PRIVATE=true" in outcome.error
+    assert len(server.requests) == before  # nothing was sent
+    allowed = call(tool, allow_private=True)
+    assert allowed.ok and allowed.result["status"] == "shipped", allowed
+    assert len(server.requests) == before + 1
 
 
 def test_arguments_that_are_not_json_do_not_raise(server: ToolServer) -> None:

@@ -19,7 +19,7 @@ import redis
 from rq import Queue
 from rq.job import Job as RqJob
 
-from shared import keys, reaper, retention, signing, webhooks
+from shared import egress, keys, reaper, retention, signing, webhooks
 from shared.config import CommonSettings
 from tests.stack import free_port
 from tests.webhook_receiver import Answer, Receiver, receiving
@@ -207,6 +207,39 @@ def test_an_unreachable_receiver_ends_dead_with_the_connection_error(conn: redis
     dead = record(conn, delivery_id)
     assert dead.status == "dead" and dead.attempts == 3 and dead.response_status is None
     assert dead.last_error is not None and dead.last_error.startswith("connection: ConnectError")
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "https://10.0.0.5/hooks",
+                                 "http://192.168.1.1/", "https://[fd00::1]/hooks", "http://2852039166/"])
+def test_an_endpoint_at_an_internal_address_is_refused_unless_the_operator_allows_it(conn: redis.Redis,
+                                                                                       url: str) -> None:
+    with pytest.raises(egress.Blocked, match="address: tenants' webhooks and tools may not call internal"):
+        webhooks.set_endpoint(conn, TENANT, url)
+    assert webhooks.get_endpoint(conn, TENANT) is None
+    assert webhooks.set_endpoint(conn, TENANT, url, allow_private=True).url == url
+
+
+def test_an_endpoint_that_is_internal_when_sent_ends_dead_without_a_request(
+        conn: redis.Redis, settings: CommonSettings, receiver: Receiver) -> None:
+    # 0.0.0.0 reaches this host's loopback on Linux: the receiver, at an address the policy refuses.
+    url = receiver.url.replace("127.0.0.1", "0.0.0.0")
+    receiver.secret = webhooks.set_endpoint(conn, TENANT, url, allow_private=True).secret  # allowed back then
+    assert not settings.egress_allow_private
+    delivery_id = webhooks.deliver(conn, settings, TENANT, "call.ended", {"call": "c7"})
+    assert delivery_id is not None
+    webhooks.send(conn, settings, delivery_id)
+    dead = record(conn, delivery_id)
+    assert (dead.status, dead.attempts, dead.response_status) == ("dead", 1, None)  # not retried
+    assert dead.last_error is not None and dead.last_error.startswith("0.0.0.0 is an unspecified address")
+    assert "VQ_EGRESS_ALLOW_PRIVATE=true" in dead.last_error
+    assert due_at(conn, delivery_id) is None and [d.id for d in webhooks.dead_letters(conn, TENANT)] == [delivery_id]
+    assert receiver.requests == []  # refused before connecting
+
+    settings.egress_allow_private = True  # the operator allows it: the replay goes through
+    webhooks.replay(conn, settings, TENANT, delivery_id)
+    webhooks.send(conn, settings, delivery_id)
+    (got,) = receiver.requests
+    assert receiver.verified(got) and record(conn, delivery_id).status == "delivered"
 
 
 def test_a_400_is_not_retried(conn: redis.Redis, settings: CommonSettings, receiver: Receiver) -> None:

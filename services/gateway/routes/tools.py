@@ -84,8 +84,11 @@ async def put_tool(request: Request, conn: RedisDep, settings: SettingsDep, tena
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_tool", "the tool must be a JSON object: {name, description, parameters, url}")
     data = {k: v for k, v in data.items() if k not in ("created_at", "updated_at")}  # the gateway stamps these
+    # The URL's host is resolved (`shared.egress`): in a thread, so a slow resolver holds no event loop.
+    parse = functools.partial(tools.parse, data, allow_http=settings.tools_allow_http,
+                              allow_private=settings.egress_allow_private)
     try:
-        tool = tools.parse(data, allow_http=settings.tools_allow_http)
+        tool = await anyio.to_thread.run_sync(parse)
     except ValidationError as exc:
         raise _refusal(exc) from exc
     try:
@@ -114,7 +117,8 @@ def delete_tool(name: str, conn: RedisDep, tenant: TenantDep) -> Response:
 
 
 @router.post("/v1/tools/{name}/test")
-async def try_tool(name: str, body: TryCall, conn: RedisDep, tenant: TenantDep) -> dict[str, Any]:
+async def try_tool(name: str, body: TryCall, conn: RedisDep, settings: SettingsDep,
+                   tenant: TenantDep) -> dict[str, Any]:
     """Check the arguments against the tool's schema (422 with every error), then call the endpoint for
     real, as the model would, and return what came back: {ok, status, result, error, elapsed_s}."""
     tool = _owned(conn, tenant, name)
@@ -127,6 +131,7 @@ async def try_tool(name: str, body: TryCall, conn: RedisDep, tenant: TenantDep) 
                        "few seconds", {"Retry-After": "2"})
     endpoint = webhooks.get_endpoint(conn, tenant)  # signed as the LLM stage signs: with the webhook secret
     call = functools.partial(tools.call, tool, body.arguments, secret=endpoint.secret if endpoint else None,
-                             call_id=f"test_{uuid.uuid4().hex}", tenant=tenant)
+                             call_id=f"test_{uuid.uuid4().hex}", tenant=tenant,
+                             allow_private=settings.egress_allow_private)
     outcome = await anyio.to_thread.run_sync(call, limiter=TEST_CALLS)
     return outcome.model_dump(mode="json")

@@ -21,7 +21,8 @@ SHOWN_SECRET_CHARS = 4
 
 
 class EndpointRequest(BaseModel):
-    url: str = Field(description="Where events are POSTed: an http:// or https:// URL.")
+    url: str = Field(description="Where events are POSTed: an http:// or https:// URL, not at an internal "
+                     "address (see docs/webhooks.md, Outbound requests).")
     events: list[str] | None = Field(None, description=f"Events to send ({', '.join(webhooks.EVENTS)}); "
                                      "null: all of them.")
     rotate_secret: bool = Field(False, description="Make a new signing secret (the old one stops verifying).")
@@ -35,15 +36,18 @@ def _shown(endpoint: webhooks.Endpoint, *, reveal: bool) -> dict[str, Any]:
 
 
 @router.put("/v1/webhooks")
-def set_endpoint(body: EndpointRequest, conn: RedisDep, tenant: TenantDep) -> dict[str, Any]:
-    """Create or change the endpoint; the answer holds the signing secret (kept unless `rotate_secret`)."""
-    for code, check in (("invalid_webhook_url", lambda: webhooks.check_url(body.url)),
+def set_endpoint(body: EndpointRequest, conn: RedisDep, settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
+    """Create or change the endpoint; the answer holds the signing secret (kept unless `rotate_secret`).
+    A URL whose host is, or resolves to, an internal address is refused unless the operator allows them."""
+    allow_private = settings.egress_allow_private
+    for code, check in (("invalid_webhook_url", lambda: webhooks.check_url(body.url, allow_private=allow_private)),
                         ("invalid_webhook_events", lambda: webhooks.check_events(body.events))):
         try:
             check()
         except ValueError as exc:
             raise ApiError(400, code, str(exc)) from exc
-    endpoint = webhooks.set_endpoint(conn, tenant, body.url, body.events, rotate=body.rotate_secret)
+    endpoint = webhooks.set_endpoint(conn, tenant, body.url, body.events, rotate=body.rotate_secret,
+                                     allow_private=allow_private)
     return _shown(endpoint, reveal=True)
 
 
