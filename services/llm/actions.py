@@ -40,7 +40,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
     },
     TICKET: {
         "description": "Open a support ticket. Only when the caller reports a fault or asks for something that "
-                       "staff must follow up.",
+                       "staff must follow up, such as a call back.",
         "parameters": {
             "type": "object",
             "properties": {
