@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,21 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None =
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+@contextlib.contextmanager
+def lone_gateway(log_dir: Path, redis_url: str, extra_env: dict[str, str] | None = None) -> Iterator[int]:
+    """A gateway process alone on the Redis at `redis_url` (no workers), for tests of its API; yields its port."""
+    port = free_port()
+    env = {**os.environ, "VQ_REDIS_URL": redis_url, "VQ_GATEWAY_PORT": str(port), **(extra_env or {})}
+    with (log_dir / "gateway.log").open("wb") as log:
+        proc = subprocess.Popen([_voicequeue(), "gateway"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(15)
 
 
 def _voicequeue() -> str:

@@ -5,13 +5,13 @@ tenant never sees another's tools, and `/test` checks the arguments then makes t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from services.gateway.routes.tools import TEST_CALL_SLOTS
 from shared import keys
 from tests.conftest import running_redis
 from tests.fakes.tool_server import ToolServer
-from tests.stack import VENV_BIN, free_port, wait_http
+from tests.stack import VENV_BIN, lone_gateway
 
 MAX_TOOLS = 4
 ORDER_SCHEMA: dict[str, Any] = {"type": "object", "required": ["order_id"],
@@ -33,22 +33,11 @@ ORDER_SCHEMA: dict[str, Any] = {"type": "object", "required": ["order_id"],
 Gateway = tuple[str, redis.Redis, dict[str, str], ToolServer]
 
 
-@contextmanager
 def serving(tmp_path_factory: pytest.TempPathFactory, url: str, extra_env: dict[str, str] | None = None
-            ) -> Iterator[int]:
+            ) -> contextlib.AbstractContextManager[int]:
     """A gateway process on the Redis at `url` (at most 4 tools a tenant); yields its port."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("tools-api") / "gateway.log").open("wb")
-    env = {**os.environ, "VQ_REDIS_URL": url, "VQ_GATEWAY_PORT": str(port),
-           "VQ_TOOLS_MAX_PER_TENANT": str(MAX_TOOLS), **(extra_env or {})}
-    proc = subprocess.Popen([str(VENV_BIN / "voicequeue"), "gateway"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        log.close()
+    env = {"VQ_TOOLS_MAX_PER_TENANT": str(MAX_TOOLS), **(extra_env or {})}
+    return lone_gateway(tmp_path_factory.mktemp("tools-api"), url, env)
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,10 @@ project's rq worker with the llm task table to a real local receiver. Also `voic
 
 from __future__ import annotations
 
-import os
+import contextlib
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,7 @@ from services.gateway import keystore
 from shared import keys, signing, webhooks
 from shared.config import CommonSettings
 from tests.conftest import running_redis
-from tests.stack import VENV_BIN, free_port, wait_http
+from tests.stack import VENV_BIN, lone_gateway
 from tests.webhook_receiver import Answer, Receiver, receiving
 
 
@@ -35,21 +34,10 @@ class Gateway:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.keys[tenant]}"}, timeout=30)
 
 
-@contextmanager
 def serving(tmp_path_factory: pytest.TempPathFactory, url: str, extra_env: dict[str, str] | None = None
-            ) -> Iterator[int]:
+            ) -> contextlib.AbstractContextManager[int]:
     """A gateway process on the Redis at `url`; yields its port."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("webhooks-api") / "gateway.log").open("wb")
-    env = {**os.environ, "VQ_REDIS_URL": url, "VQ_GATEWAY_PORT": str(port), **(extra_env or {})}
-    proc = subprocess.Popen([str(VENV_BIN / "voicequeue"), "gateway"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        log.close()
+    return lone_gateway(tmp_path_factory.mktemp("webhooks-api"), url, extra_env)
 
 
 @pytest.fixture(scope="module")
