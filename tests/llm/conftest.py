@@ -8,6 +8,7 @@ pattern) wherever a test needs the real model.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -44,10 +45,9 @@ def wait_warm(proc: subprocess.Popen[bytes], log_path: Any, timeout_s: float = 3
     raise TimeoutError(f"llm server not warm within {timeout_s} s")
 
 
-@pytest.fixture(scope="session")
-def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL (…/v1) of a real llama.cpp server with the bundled Qwen model, requiring `API_KEY`."""
-    log_path = tmp_path_factory.mktemp("llm-server") / "server.log"
+@contextlib.contextmanager
+def warm_server(log_path: Any) -> Iterator[str]:
+    """A fresh `voicequeue llm-server`, once its warm-up is done; yields its base URL (…/v1)."""
     proc, base_url = start_server(log_path)
     try:
         _wait_models(base_url, proc, log_path, timeout_s=180)
@@ -60,6 +60,14 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL (…/v1) of a real llama.cpp server with the bundled Qwen model, requiring `API_KEY`; shared by
+    the session, so its slots hold whatever the tests before asked."""
+    with warm_server(tmp_path_factory.mktemp("llm-server") / "server.log") as base_url:
+        yield base_url
 
 
 def _wait_models(base_url: str, proc: subprocess.Popen[bytes], log_path: Any, timeout_s: float) -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 from services.llm import analysis, server, warmup
 from services.llm.config import SYSTEM_PROMPT, LlmSettings
-from tests.llm.conftest import _wait_models, start_server, wait_warm
+from tests.llm.conftest import _wait_models, start_server, wait_warm, warm_server
 from tests.llm.helpers import API_KEY
 
 QUESTIONS = ["What are your opening hours?", "How do I reset my password?", "Do you ship to Canada?",
@@ -51,12 +52,20 @@ def test_command_runs_parallel_slots_with_continuous_batching() -> None:
     assert server.command(LlmSettings(llm_server_engine="llama-cpp-python"))[1:3] == ["-m", "llama_cpp.server"]
 
 
-def test_every_slot_starts_warm_even_after_an_analysis(llm_server: str) -> None:
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[str]:
+    """A server only this test uses: the session's shared one has served other tests' prompts by then."""
+    with warm_server(tmp_path / "server.log") as base_url:
+        yield base_url
+
+
+def test_every_slot_starts_warm_even_after_an_analysis(fresh_server: str) -> None:
     """Callers arriving together each find the system prompt cached in their slot (only their question is
     prefilled), also after a call analysis with its own system prompt has used one of the slots."""
     speakers = ["agent", "customer"]
     system = analysis.SYSTEM_PROMPT.format(speakers=", ".join(json.dumps(s) for s in speakers))
-    grammar = httpx.post(f"{llm_server}/chat/completions", timeout=300, headers={"Authorization": f"Bearer {API_KEY}"},
+    grammar = httpx.post(f"{fresh_server}/chat/completions", timeout=300,
+                         headers={"Authorization": f"Bearer {API_KEY}"},
                          json={"model": LlmSettings().llm_model, "max_tokens": 400, "temperature": 0.0,
                                "messages": [{"role": "system", "content": system},
                                             {"role": "user", "content": "Transcript:\nagent: Hello.\ncustomer: My "
@@ -69,7 +78,7 @@ def test_every_slot_starts_warm_even_after_an_analysis(llm_server: str) -> None:
 
     slots = LlmSettings().llm_server_slots
     results: list[dict[str, Any]] = []
-    threads = [threading.Thread(target=lambda q=q: results.append(chat(llm_server, q))) for q in QUESTIONS[:slots]]
+    threads = [threading.Thread(target=lambda q=q: results.append(chat(fresh_server, q))) for q in QUESTIONS[:slots]]
     for t in threads:
         t.start()
     for t in threads:
