@@ -44,14 +44,12 @@ def budget(n: int | None = None) -> Budget:
     """Default threads per engine for `n` cores (default: `cores()`).
 
     The LLM server decodes for every live reply at once and is memory-bound, so it
-    gets every core. ASR runs one utterance at a time, in bursts between the
-    LLM's work, and gets every core too: measured on 2 cores (docs/benchmarks.md,
-    "CPU budget"), whisper on one thread made a lone caller's turn 0.2-0.3 s slower
-    and 4 callers no faster. TTS (piper's onnxruntime) and sentence embeddings are
-    short bursts and get one. Slots: on 2 cores 4 parallel sequences gave the most
-    decode throughput (llama-batched-bench); more cores carry more."""
+    gets every core; ASR runs one utterance at a time and gets half of them; TTS
+    (piper's onnxruntime) and sentence embeddings are short bursts and get one.
+    Slots: on 2 cores 4 parallel sequences gave the most decode throughput
+    (llama-batched-bench); more cores carry more."""
     n = cores() if n is None else max(1, n)
-    return Budget(asr=n, llm_server=n, llm_slots=min(16, max(4, 2 * n)), tts=1, embeddings=1)
+    return Budget(asr=max(1, n // 2), llm_server=n, llm_slots=min(16, max(4, 2 * n)), tts=1, embeddings=1)
 
 
 def _cgroup_quota() -> float | None:

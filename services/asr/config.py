@@ -48,7 +48,7 @@ class AsrSettings(CommonSettings):
     )
     asr_cpu_threads: int = Field(
         default_factory=lambda: cpu.budget().asr, ge=1, description="Threads one transcription may use; "
-        "default: the CPU budget's share, every core this process may use (shared/cpu.py)."
+        "default: the CPU budget's share, half the cores this process may use (shared/cpu.py)."
     )
     asr_low_conf_logprob: float = Field(
         -1.0, description="A segment whose average token log-probability is below this is flagged for review."
