@@ -5,7 +5,7 @@ A tool is stored per tenant (`put`, `get`, `list_tools`, `delete`), offered to t
 finally called (`call`): a signed JSON POST whose answer, or failure, comes back as a `ToolOutcome`.
 `call` never raises and never takes longer than the tool's timeout, because a caller is waiting on the line.
 A tool's host must not be, or resolve to, an internal address (`shared.egress`): checked when the tool is
-registered and again before every request.
+registered and again at every call.
 
 Tools are kept until deleted (no TTL): `keys.PERMANENT` spares them from the retention sweep.
 """
@@ -307,25 +307,26 @@ def _attempts(tool: Tool, arguments: dict[str, Any], secret: str | None, call_id
         body = request_body(tool, arguments, call_id, tenant)
     except (TypeError, ValueError) as exc:
         return ToolOutcome(ok=False, error=f"the arguments are not JSON: {exc}")
+    try:
+        # Again at each call: the name may resolve elsewhere than when the tool was registered. Once, not per
+        # attempt: a retry a second later meets the same answer, and the caller waits on every lookup.
+        egress.check_url(tool.url, allow_private=allow_private)
+    except egress.Blocked as exc:
+        return ToolOutcome(ok=False, error=f"refused: {exc}")
     with httpx.Client(follow_redirects=False) as client:
-        outcome, wait = _attempt(client, tool, body, secret, deadline, allow_private)
+        outcome, wait = _attempt(client, tool, body, secret, deadline)
         if wait is not None and time.monotonic() + wait < deadline:
             time.sleep(wait)
-            outcome, _ = _attempt(client, tool, body, secret, deadline, allow_private)
+            outcome, _ = _attempt(client, tool, body, secret, deadline)
     return outcome
 
 
-def _attempt(client: httpx.Client, tool: Tool, body: bytes, secret: str | None, deadline: float,
-             allow_private: bool) -> tuple[ToolOutcome, float | None]:
+def _attempt(client: httpx.Client, tool: Tool, body: bytes, secret: str | None,
+             deadline: float) -> tuple[ToolOutcome, float | None]:
     """The outcome of one POST, and the wait before a retry when one is worth it (else None)."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         return ToolOutcome(ok=False, error="timeout: no time left for the request"), None
-    try:
-        # Again per attempt: the name may resolve elsewhere than when the tool was registered.
-        egress.check_url(tool.url, allow_private=allow_private)
-    except egress.Blocked as exc:
-        return ToolOutcome(ok=False, error=f"refused: {exc}"), None
     # Signed per attempt: a retry carries a fresh timestamp.
     headers = request_headers(tool, body, secret)
     try:
