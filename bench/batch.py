@@ -3,7 +3,8 @@
 Throughput is audio seconds per wall second, over the `long/` files and over the whole speech folder:
 * raw faster-whisper in this process, no Redis: sequential `WhisperModel.transcribe` and
   `BatchedInferencePipeline` (batch_size 8), on the same signals the stage transcribes (each channel of
-  a two-channel call), with tiny.en for English and base for Mandarin, as the stage picks;
+  a two-channel call), with tiny.en for English and base for Mandarin, as the stage picks, on every core
+  (what a script alone on the machine would use, not the stack's CPU budget);
 * the same files as batch jobs on `asr:batch`, taken by 1 and then 2 ASR worker processes (the stage
   decodes batch jobs with the batched pipeline); ratio to the best raw configuration (target >= 0.95).
 * the same files through the gateway: `POST /v1/batches` (multipart upload; Mandarin files added with
@@ -38,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from services.asr import channels, tasks  # noqa: E402
 from services.asr.config import AsrSettings  # noqa: E402
-from shared import events  # noqa: E402
+from shared import cpu, events  # noqa: E402
 from shared.jobs import Options  # noqa: E402
 from tests.asr.test_live_priority import LIVE_CLIP, LONG_CLIP, asr_worker, enqueue, live_turn  # noqa: E402
 from tests.conftest import running_redis  # noqa: E402
@@ -58,8 +59,8 @@ def language(row: dict[str, str]) -> str:
 
 @functools.cache
 def asr() -> tasks.Resources:
-    """The ASR worker's engines, loaded once for the raw runs."""
-    return tasks.load(AsrSettings())
+    """The ASR worker's engines, loaded once for the raw runs, with every core's thread."""
+    return tasks.load(AsrSettings(asr_cpu_threads=cpu.cores()))
 
 
 def raw(rows: list[dict[str, str]], batch_size: int) -> float:
@@ -175,9 +176,13 @@ def wait_batch(client: httpx.Client, batch_id: str) -> dict[str, float]:
 def via_gateway(client: httpx.Client, rows: list[dict[str, str]]) -> float:
     """Audio seconds per wall second through /v1/batches: first upload to the last call's end."""
     start = time.time()
-    summary = wait_batch(client, submit_batch(client, rows))
+    batch_id = submit_batch(client, rows)
+    submitted = time.time()  # the gateway answers once every file is read, checked, stored and queued
+    summary = wait_batch(client, batch_id)
     assert summary["counts"]["failed"] == 0, summary["failures"]  # type: ignore[index]
     end = summary["created_at"] + summary["elapsed_s"]
+    print(f"  /v1/batches: {len(rows)} uploads read, checked (decoded once) and queued in {submitted - start:.2f} s "
+          f"of {end - start:.1f} s", flush=True)
     return summary["audio_s_total"] / (end - start)
 
 
@@ -207,20 +212,26 @@ def gateway_latency(client: httpx.Client, busy: bool) -> list[float]:
 
 
 def paired(rows: list[dict[str, str]], rounds: int) -> None:
-    """Raw batched and the 1-worker queue alternately, each round's ratio printed: load from other work
-    changes over minutes, so two passes seconds apart see about the same machine."""
-    ratios = []
+    """Raw batched, the queue and /v1/batches alternately, in the `make run` shape (a live-only worker beside a
+    niced batch-only one), each round's ratios printed: load from other work changes over minutes, so passes
+    seconds apart see about the same machine."""
+    ratios: dict[str, list[float]] = {"queue": [], "/v1/batches": []}
     with tempfile.TemporaryDirectory() as tmp, running_redis(Path(tmp) / "redis") as url, \
-            workers(url, Path(tmp), (["live", "batch"], 0)):
+            gateway(url, Path(tmp)) as client, workers(url, Path(tmp), (["live"], 0), (["batch"], 19)):
         conn = redis.Redis.from_url(url)
         queued(conn, rows[:1])  # warm-up
         for i in range(rounds):
             raw_rate = raw(rows, 8)
             queue_rate = queued(conn, rows)
-            ratios.append(queue_rate / raw_rate)
-            print(f"round {i + 1}: raw batched {raw_rate:.1f}, queue 1 worker {queue_rate:.1f} audio s/s, "
-                  f"ratio {ratios[-1]:.2f}, load {os.getloadavg()[0]:.1f}", flush=True)
-    print(f"median ratio {statistics.median(ratios):.2f} over {rounds} rounds")
+            http_rate = via_gateway(client, rows)
+            ratios["queue"].append(queue_rate / raw_rate)
+            ratios["/v1/batches"].append(http_rate / raw_rate)
+            print(f"round {i + 1}: raw batched {raw_rate:.1f}, queue {queue_rate:.1f} ({ratios['queue'][-1]:.2f}), "
+                  f"/v1/batches {http_rate:.1f} ({ratios['/v1/batches'][-1]:.2f}) audio s/s, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+    for label, values in ratios.items():
+        print(f"median ratio, {label} (live worker + niced batch worker) to raw batched: "
+              f"{statistics.median(values):.2f} over {rounds} rounds")
 
 
 @contextmanager
@@ -235,8 +246,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only-long", action="store_true", help="only the long/ files (quicker)")
     ap.add_argument("--paired", type=int, default=0, metavar="N",
-                    help="only N rounds of raw batched then queue (1 worker) on long/, back to back: the ratio "
-                    "per round, robust to other load on a shared machine")
+                    help="only N rounds of raw batched, the queue and /v1/batches (`make run` shape) on long/, back "
+                    "to back: the ratios per round, robust to other load on a shared machine")
     args = ap.parse_args()
     rows = [r for r in manifest() if (SPEECH / r["file"]).suffix in {".wav", ".flac", ".mp3"}]
     sets = {"long/": [r for r in rows if r["file"].startswith("long/")], "speech folder": rows}

@@ -34,6 +34,7 @@ def cores() -> int:
 @dataclass(frozen=True)
 class Budget:
     asr: int
+    asr_batch: int
     llm_server: int
     llm_slots: int
     tts: int
@@ -46,10 +47,14 @@ def budget(n: int | None = None) -> Budget:
     The LLM server decodes for every live reply at once and is memory-bound, so it
     gets every core; ASR runs one utterance at a time and gets half of them; TTS
     (piper's onnxruntime) and sentence embeddings are short bursts and get one.
+    A batch-only ASR worker gets every core as well: it runs at nice 19 (or the
+    smallest cgroup weight), so it takes only what live work leaves idle, and a
+    recorded call decoded on half the cores of an idle node took 1.4x as long
+    (bench/batch.py).
     Slots: on 2 cores 4 parallel sequences gave the most decode throughput
     (llama-batched-bench); more cores carry more."""
     n = cores() if n is None else max(1, n)
-    return Budget(asr=max(1, n // 2), llm_server=n, llm_slots=min(16, max(4, 2 * n)), tts=1, embeddings=1)
+    return Budget(asr=max(1, n // 2), asr_batch=n, llm_server=n, llm_slots=min(16, max(4, 2 * n)), tts=1, embeddings=1)
 
 
 def _cgroup_quota() -> float | None:

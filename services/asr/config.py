@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -14,6 +15,11 @@ PRIORITIES: tuple[Priority, ...] = ("live", "batch")  # as in shared.queues, liv
 # The engines services/asr/diarization registers (a test keeps both in step). Named here, so that reading the
 # settings refuses an unknown engine without importing the registry, which itself imports these settings.
 DIARIZATION_ENGINES = ("none",)
+
+
+def _default_threads(priorities: Iterable[str]) -> int:
+    budget = cpu.budget()
+    return budget.asr_batch if set(priorities) == {"batch"} else budget.asr
 
 
 class AsrSettings(CommonSettings):
@@ -45,10 +51,6 @@ class AsrSettings(CommonSettings):
     )
     asr_vad: bool = Field(
         True, description="Skip non-speech with the Silero VAD bundled in faster-whisper (works offline)."
-    )
-    asr_cpu_threads: int = Field(
-        default_factory=lambda: cpu.budget().asr, ge=1, description="Threads one transcription may use; "
-        "default: the CPU budget's share, half the cores this process may use (shared/cpu.py)."
     )
     asr_low_conf_logprob: float = Field(
         -1.0, description="A segment whose average token log-probability is below this is flagged for review."
@@ -106,6 +108,12 @@ class AsrSettings(CommonSettings):
         'An in-process worker busy with a long recording cannot take a live turn until it finishes, so a '
         'deployment that mixes the two runs one worker with ["live"] beside workers with ["batch"] (or '
         '["live", "batch"]).',
+    )
+    asr_cpu_threads: int = Field(
+        default_factory=lambda data: _default_threads(data.get("asr_worker_priorities", PRIORITIES)), ge=1,
+        description="Threads one transcription may use. Default, from the CPU budget (shared/cpu.py): half "
+        'the cores this process may use for a worker that takes live turns; every core for a ["batch"]-only '
+        "worker, which runs niced and so takes only what live work leaves idle.",
     )
     asr_worker_nice: int = Field(
         0,

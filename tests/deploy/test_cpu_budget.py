@@ -20,7 +20,7 @@ from tests.deploy.test_k8s import OVERLAYS, containers, objects
 # Per engine container: the env var setting its threads, and the budget field the default comes from.
 THREADS = {
     "asr": ("VQ_ASR_CPU_THREADS", "asr"),
-    "asr-batch": ("VQ_ASR_CPU_THREADS", "asr"),
+    "asr-batch": ("VQ_ASR_CPU_THREADS", "asr_batch"),
     "tts": ("VQ_TTS_CPU_THREADS", "tts"),
     "llm-server": ("VQ_LLM_SERVER_THREADS", "llm_server"),
     "llm": ("VQ_LLM_EMBED_THREADS", "embeddings"),
@@ -34,7 +34,7 @@ def cpus(value: str | float) -> float:
 
 def test_budget_splits_two_cores_without_the_llm_server_losing_any() -> None:
     two = cpu.budget(2)
-    assert (two.asr, two.llm_server, two.llm_slots, two.tts, two.embeddings) == (1, 2, 4, 1, 1)
+    assert (two.asr, two.asr_batch, two.llm_server, two.llm_slots, two.tts, two.embeddings) == (1, 2, 2, 4, 1, 1)
     one = cpu.budget(1)
     assert min(one.asr, one.llm_server, one.llm_slots, one.tts, one.embeddings) >= 1
     eight = cpu.budget(8)
@@ -56,6 +56,10 @@ def test_cores_follow_a_cgroup_quota(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_settings_default_to_the_budget_and_stay_settable(monkeypatch: pytest.MonkeyPatch) -> None:
     here = cpu.budget()
     assert AsrSettings().asr_cpu_threads == here.asr
+    monkeypatch.setenv("VQ_ASR_WORKER_PRIORITIES", '["live", "batch"]')
+    assert AsrSettings().asr_cpu_threads == here.asr  # a worker that may take a live turn keeps the live share
+    monkeypatch.setenv("VQ_ASR_WORKER_PRIORITIES", '["batch"]')
+    assert AsrSettings().asr_cpu_threads == here.asr_batch == cpu.cores()  # niced: it takes what live leaves
     assert TtsSettings().tts_cpu_threads == here.tts
     llm = LlmSettings()
     assert (llm.llm_server_threads, llm.llm_server_slots, llm.llm_embed_threads) == (
