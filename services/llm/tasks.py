@@ -373,9 +373,11 @@ def act(ctx: StageContext[Resources], acting: actions.Turn, call: tool_calls.Cal
         note = actions.result_note(call.name, outcome.result)
         if grounded is not None and grounded.guard is not None:
             grounded.guard.allowed |= grounding.figures(json.dumps(outcome.result, ensure_ascii=False))
-    system = f"{messages[0]['content']}\n\n{note}"
     deltas.separate()
-    again = speak(ctx, engine.stream([{"role": "system", "content": system}, *messages[1:]]), deltas, grounded,
+    # The note follows the question rather than joining the system prompt: llama.cpp's slots reuse only the
+    # longest unchanged prefix, so this way the prompt, history and question are not prefilled again.
+    follow_up: list[Message] = [*messages, {"role": "system", "content": note}]
+    again = speak(ctx, engine.stream(follow_up), deltas, grounded,
                   tool_calls.Hold())  # a second call written as text is held back, never spoken
     return dataclasses.replace(again, prompt_tokens=first.prompt_tokens + again.prompt_tokens,
                                completion_tokens=first.completion_tokens + again.completion_tokens,

@@ -118,7 +118,11 @@ def test_made_up_arguments_are_refused_and_the_model_asked_again(conn: redis.Red
     llm = record["results"]["llm"]
     [refused] = llm["tool_calls"]
     assert refused["status"] == "refused" and "12345 was not said by the caller" in refused["errors"][0]
-    note = again.body["messages"][0]["content"]
+    system, question, note_message = again.body["messages"]
+    # The chat's own prompt and question, then the note: llama.cpp's slots reuse the unchanged prefix.
+    assert "needs details" not in system["content"] and question == {"role": "user", "content": "Where is my order?"}
+    note = note_message["content"]
+    assert note_message["role"] == "system"
     assert "needs details the caller has not given (the order id)" in note and "12345" not in note
     assert "tools" not in again.body
     assert llm["text"] == f"{actions.LINES['filler']['en']} Could you tell me your order number, please?"
@@ -141,7 +145,9 @@ def test_a_tools_result_goes_back_to_the_model_for_the_answer(conn: redis.Redis,
     [sent] = endpoint.requests
     assert json.loads(sent.body)["arguments"] == {"order_id": "12345"}
     assert signing.verify(secret.secret, sent.body, sent.headers[signing.HEADER.lower()])  # the tenant's secret
-    assert '"status": "shipped"' in follow_up.body["messages"][0]["content"]
+    *asked, note = follow_up.body["messages"]
+    assert asked[-1] == {"role": "user", "content": "Where is my order 12345?"} and "shipped" not in asked[0]["content"]
+    assert note["role"] == "system" and '"status": "shipped"' in note["content"]
     llm = record["results"]["llm"]
     [done] = llm["tool_calls"]
     assert done["status"] == "done" and done["result"]["status"] == "shipped" and done["http_status"] == 200
