@@ -144,7 +144,8 @@ def main() -> None:
               f"vs {statistics.median(r['ttfa_nostream'] for r in rows):.3f} s")
         conc = statistics.median(r["ttfa"] for r in concurrent)
         print(f"{args.concurrency} concurrent callers: median TTFA {conc:.3f} s = {conc / base:.2f}x the "
-              "single-caller baseline (2 cores, one llama.cpp server: the LLM serialises)")
+              "single-caller baseline (the callers share 2 cores: the llama.cpp server's slots decode together, "
+              "and the prefills and ASR take turns)")
 
 
 def forget_answers(conn: redis.Redis) -> None:
