@@ -12,10 +12,12 @@ runs on, where a tenant's receiver may sit in a sidecar, and where the test suit
 price is that services on the workers' own loopback stay reachable (a single-host deployment's LLM server);
 an operator serving untrusted tenants there should keep those off the workers' hosts or firewall them.
 
-`check_url` is called twice: when the URL is registered, where a name that does not resolve (yet) is
-accepted, and again right before every request, because what a name resolves to can change at any time.
-DNS rebinding between that last check and httpx's own lookup remains possible: closing it would need a
-custom transport that connects to the address we checked. Left alone until a deployment needs it.
+The host is checked when the URL is registered, where a name that does not resolve (yet) is accepted, and
+again right before every request, because what a name resolves to can change at any time. That second
+check is the request's only lookup: `client` connects to the addresses it approved, so a name that
+answers the check with a public address cannot send the connection to an internal one a moment later
+(DNS rebinding). The URL, the Host header, TLS SNI and certificate verification keep the name. With
+`egress_allow_private` nothing is refused, so nothing is pinned and httpx looks the name up itself.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ import socket
 import threading
 from urllib.parse import urlsplit
 
+import httpx
+
 SETTING = "VQ_EGRESS_ALLOW_PRIVATE"
 RESOLVE_TIMEOUT_S = 2.0  # a registration (a gateway request) waits no longer than this on a slow resolver
+TIMEOUT_S = 5.0  # httpx's own default
 CGNAT = ipaddress.ip_network("100.64.0.0/10")  # ipaddress calls it neither private nor global
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -62,7 +67,7 @@ def literal(host: str) -> Address | None:
 
 def resolve(host: str, timeout_s: float = RESOLVE_TIMEOUT_S) -> list[Address]:
     """What the resolver says `host` names, each address once. Empty when the name does not resolve, or not
-    within `timeout_s` (getaddrinfo has no timeout of its own)."""
+    within `timeout_s` (getaddrinfo has no timeout of its own). Tests replace it to play DNS."""
     found: list[Address] = []
 
     def lookup() -> None:
@@ -79,14 +84,16 @@ def resolve(host: str, timeout_s: float = RESOLVE_TIMEOUT_S) -> list[Address]:
     return [] if worker.is_alive() else list(dict.fromkeys(found))
 
 
-def check_host(host: str, *, allow_private: bool) -> None:
-    """Blocked when `host` is, or resolves to, an internal address and the operator has not allowed them.
-    A name that does not resolve, or not in time, passes: its request then fails on its own, or meets this
-    check again when it is sent. (A resolver an attacker slows down is no worse than one that rebinds.)"""
-    if allow_private:
-        return
+def check_host(host: str, *, allow_private: bool, timeout_s: float = RESOLVE_TIMEOUT_S) -> list[Address] | None:
+    """The addresses a request to `host` may connect to, from one lookup (none for an IP literal). Blocked
+    when any of them is internal and the operator has not allowed them; None when they are allowed, as
+    then there is nothing to check. Empty when the name does not resolve, or not in time: a registration
+    accepts that, and `client` connects nowhere. (A resolver an attacker slows down gains nothing.)"""
+    if allow_private or not host:
+        return None
     address = literal(host)
-    for candidate in [address] if address is not None else resolve(host):
+    found = [address] if address is not None else resolve(host, timeout_s)
+    for candidate in found:
         kind = refused_class(candidate)
         if kind is None:
             continue
@@ -94,6 +101,7 @@ def check_host(host: str, *, allow_private: bool) -> None:
         article = "an" if kind[0] in "aeiou" else "a"
         raise Blocked(f"{where} is {article} {kind} address: tenants' webhooks and tools may not call internal "
                       f"addresses unless the operator sets {SETTING}=true")
+    return found
 
 
 def check_url(url: str, *, allow_private: bool) -> None:
@@ -104,3 +112,46 @@ def check_url(url: str, *, allow_private: bool) -> None:
         return
     if host:
         check_host(host, allow_private=allow_private)
+
+
+def client(url: str, *, allow_private: bool, timeout: float = TIMEOUT_S) -> httpx.Client:
+    """An httpx client for requests to `url`'s host that follows no redirect and, unless the operator
+    allows internal addresses, connects only to the addresses `check_host` approved just now (Blocked
+    otherwise). The lookup may take up to `timeout`, as httpx's own would have."""
+    # The host exactly as httpx will send it to a resolver: a parser that read the URL differently from
+    # httpx would check one host and let the request go to another.
+    host = httpx.URL(url).raw_host.decode("ascii")
+    pinned = check_host(host, allow_private=allow_private, timeout_s=timeout)
+    transport = None if pinned is None else PinnedTransport(host, pinned)
+    return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False)
+
+
+class PinnedTransport(httpx.HTTPTransport):
+    """Sends requests for `host` to one of `addresses` (tried in order, as the system's connect would), so no
+    second lookup decides where the request goes. Only the connection's target changes: the Host header
+    stays as the request was built, and TLS sends and verifies the name through httpcore's documented
+    `sni_hostname` extension. (httpx uses no proxy from the environment with a transport it is given, as
+    it should not here: a proxy would look the name up again.)"""
+
+    def __init__(self, host: str, addresses: list[Address]) -> None:
+        super().__init__()
+        self.host, self.addresses = host, addresses
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        target = request.url.raw_host.decode("ascii")
+        if target != self.host:  # another host: nothing checked it
+            raise httpx.ConnectError(f"{target!r} was not checked; requests go to {self.host!r} only",
+                                     request=request)
+        if not self.addresses:
+            raise httpx.ConnectError(f"{self.host!r} does not resolve", request=request)
+        for address in self.addresses[:-1]:
+            try:
+                return super().handle_request(self.at(request, address))
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                continue  # nothing was sent: the next address may answer
+        return super().handle_request(self.at(request, self.addresses[-1]))
+
+    def at(self, request: httpx.Request, address: Address) -> httpx.Request:
+        """`request` with its connection's target `address`, everything the server sees unchanged."""
+        return httpx.Request(request.method, request.url.copy_with(host=str(address)), headers=request.headers,
+                             stream=request.stream, extensions={**request.extensions, "sni_hostname": self.host})

@@ -309,11 +309,11 @@ def _attempts(tool: Tool, arguments: dict[str, Any], secret: str | None, call_id
         return ToolOutcome(ok=False, error=f"the arguments are not JSON: {exc}")
     try:
         # Again at each call: the name may resolve elsewhere than when the tool was registered. Once, not per
-        # attempt: a retry a second later meets the same answer, and the caller waits on every lookup.
-        egress.check_url(tool.url, allow_private=allow_private)
+        # attempt: a retry a second later connects where the first did, and the caller waits on every lookup.
+        client = egress.client(tool.url, allow_private=allow_private)
     except egress.Blocked as exc:
         return ToolOutcome(ok=False, error=f"refused: {exc}")
-    with httpx.Client(follow_redirects=False) as client:
+    with client:
         outcome, wait = _attempt(client, tool, body, secret, deadline)
         if wait is not None and time.monotonic() + wait < deadline:
             time.sleep(wait)

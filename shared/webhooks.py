@@ -248,9 +248,7 @@ def send(conn: redis.Redis, settings: CommonSettings, delivery_id: str) -> None:
         return  # another run delivered or buried it meanwhile
     status: int | None = None
     try:
-        with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False) as client:
-            response = _post(client, endpoint, started, started.body.encode(),
-                             allow_private=settings.egress_allow_private)
+        response = _post(endpoint, started, started.body.encode(), settings)
         status = response.status_code
         _judge(response)
     except Retryable as exc:
@@ -263,20 +261,21 @@ def send(conn: redis.Redis, settings: CommonSettings, delivery_id: str) -> None:
     _update(conn, settings, delivery_id, lambda r: _mark_delivered(r, answered))
 
 
-def _post(client: httpx.Client, endpoint: Endpoint, record: Delivery, body: bytes, *,
-          allow_private: bool) -> httpx.Response:
+def _post(endpoint: Endpoint, record: Delivery, body: bytes, settings: CommonSettings) -> httpx.Response:
     """One attempt: the receiver's answer, Retryable when it gave none (timeout, connection), or Refused
     before connecting when the host now is, or resolves to, an internal address."""
     try:
         # Checked again per attempt: the name may resolve elsewhere than when the endpoint was set, and the
         # setting may have changed. Another attempt would meet the same policy, so this is not retried.
-        egress.check_url(endpoint.url, allow_private=allow_private)
+        client = egress.client(endpoint.url, allow_private=settings.egress_allow_private,
+                               timeout=settings.webhook_timeout_s)
     except egress.Blocked as exc:
         raise Refused(str(exc)) from exc
     headers = {"Content-Type": "application/json", EVENT_HEADER: record.event, DELIVERY_HEADER: record.id,
                **signing.header(endpoint.secret, body)}  # signed now: receivers refuse stale timestamps
     try:
-        response = client.post(endpoint.url, content=body, headers=headers)
+        with client:
+            response = client.post(endpoint.url, content=body, headers=headers)
     except httpx.TimeoutException as exc:
         raise Retryable("timeout", f"no answer within {client.timeout.read} s") from exc
     except httpx.TransportError as exc:

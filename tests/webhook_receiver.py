@@ -1,8 +1,10 @@
 """A real HTTP server standing in for a tenant's webhook receiver: it answers from a script (status, headers,
-delay), records every request it got, and checks each signature with `shared.signing.verify`."""
+delay), records every request it got, and checks each signature with `shared.signing.verify`. Given an
+`ssl.SSLContext` it serves https."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -56,7 +58,7 @@ class Receiver:
 
 
 @contextmanager
-def receiving(secret: str | None = None) -> Iterator[Receiver]:
+def receiving(secret: str | None = None, tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
     receiver = Receiver(secret)
 
     class Handler(BaseHTTPRequestHandler):
@@ -84,9 +86,11 @@ def receiving(secret: str | None = None) -> Iterator[Receiver]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    if tls is not None:  # a handshake the client gives up on is an OSError the server shrugs off
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    receiver.url = f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}/hooks"
     try:
         yield receiver
     finally:

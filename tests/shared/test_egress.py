@@ -1,15 +1,26 @@
 """shared.egress: which addresses tenants' webhooks and tools may reach, names resolved by the real
-resolver, and the `egress_allow_private` setting that lets internal addresses through."""
+resolver, and the `egress_allow_private` setting that lets internal addresses through. Its client connects
+where the check looked (made-up names played by `tests.fakes.resolver`, a real local receiver behind them),
+over https too, still verifying the certificate against the name."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import shutil
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from shared import egress
 from shared.config import CommonSettings
+from tests.fakes.resolver import install
+from tests.webhook_receiver import Answer, Receiver, receiving
 
 CLASSES: dict[str, str | None] = {
     "169.254.169.254": "link-local",  # cloud metadata
@@ -85,3 +96,125 @@ def test_the_setting_is_off_unless_the_operator_turns_it_on(monkeypatch: pytest.
     assert CommonSettings().egress_allow_private is False
     monkeypatch.setenv(egress.SETTING, "true")
     assert CommonSettings().egress_allow_private is True
+
+
+# ---- the client: one lookup, and the connection goes where it pointed --------------------------------
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with receiving() as r:
+        yield r
+
+
+def at(receiver: Receiver, host: str) -> str:
+    """The receiver's URL under another host name (the fake DNS decides where that goes)."""
+    return receiver.url.replace("127.0.0.1", host)
+
+
+def post(url: str, allow_private: bool = False) -> httpx.Response:
+    with egress.client(url, allow_private=allow_private) as client:
+        return client.post(url, content=b"{}")
+
+
+def test_a_name_is_looked_up_once_and_connected_to_where_it_pointed_then(monkeypatch: pytest.MonkeyPatch,
+                                                                         receiver: Receiver) -> None:
+    dns = install(monkeypatch, {"receiver.test": ["127.0.0.1"]})
+    url = at(receiver, "receiver.test")
+    with egress.client(url, allow_private=False, timeout=0.5) as client:
+        assert dns.lookups == ["receiver.test"] and client.timeout.read == 0.5
+        dns.table["receiver.test"] = ["169.254.169.254"]  # it rebinds: a second lookup would go there
+        answers = [client.post(url, content=b"{}").status_code for _ in range(2)]
+    assert answers == [200, 200] and dns.lookups == ["receiver.test"]
+    port = urlsplit(url).port
+    assert [(r.path, r.headers["host"]) for r in receiver.requests] == [("/hooks", f"receiver.test:{port}")] * 2
+
+
+@pytest.mark.parametrize("answer", [["10.0.0.5"], ["127.0.0.1", "169.254.169.254"], ["::ffff:192.168.1.1"]])
+def test_a_name_that_resolves_to_any_internal_address_is_refused_before_connecting(
+        monkeypatch: pytest.MonkeyPatch, receiver: Receiver, answer: list[str]) -> None:
+    dns = install(monkeypatch, {"receiver.test": answer})
+    with pytest.raises(egress.Blocked, match=r"^'receiver\.test' resolves to \S+, which is an? [a-z-]+ address"):
+        egress.client(at(receiver, "receiver.test"), allow_private=False)
+    assert dns.lookups == ["receiver.test"] and receiver.requests == []
+    assert post(at(receiver, "localhost"), allow_private=True).status_code == 200  # allowed: not pinned
+    assert dns.lookups == ["receiver.test"]  # and nothing looked up by egress
+
+
+def test_the_checked_addresses_are_tried_in_their_order(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> None:
+    # Nothing listens on 127.0.0.2 at the receiver's port (it is bound to 127.0.0.1): refused, then the next.
+    dns = install(monkeypatch, {"receiver.test": ["127.0.0.2", "127.0.0.1"]})
+    assert post(at(receiver, "receiver.test")).status_code == 200
+    assert len(receiver.requests) == 1 and dns.lookups == ["receiver.test"]
+
+
+def test_a_name_that_does_not_resolve_is_connected_nowhere(monkeypatch: pytest.MonkeyPatch,
+                                                           receiver: Receiver) -> None:
+    dns = install(monkeypatch, {})
+    with pytest.raises(httpx.ConnectError, match=r"^'nowhere\.test' does not resolve$"):
+        post(at(receiver, "nowhere.test"))
+    assert dns.lookups == ["nowhere.test"] and receiver.requests == []
+
+
+def test_a_client_sends_nothing_to_a_host_it_did_not_check(monkeypatch: pytest.MonkeyPatch,
+                                                           receiver: Receiver) -> None:
+    install(monkeypatch, {"receiver.test": ["127.0.0.1"]})
+    with (egress.client(at(receiver, "receiver.test"), allow_private=False) as client,
+          pytest.raises(httpx.ConnectError, match=r"'127\.0\.0\.1' was not checked")):
+        client.post(receiver.url, content=b"{}")
+    assert receiver.requests == []
+
+
+def test_redirects_are_not_followed(receiver: Receiver) -> None:
+    receiver.plan(then=Answer(307, {"Location": at(receiver, "localhost") + "/elsewhere"}))
+    assert post(receiver.url).status_code == 307 and len(receiver.requests) == 1
+
+
+# ---- https: the connection is pinned, the name is what TLS sends and verifies -------------------------
+
+
+def openssl(cwd: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA (ca.pem) and a server certificate it signed for receiver.test alone (no IP address)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("making a test certificate needs the openssl command")
+    where = tmp_path_factory.mktemp("tls")
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl(where, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj",
+            "/CN=voicequeue test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+            "keyUsage=critical,keyCertSign")
+    openssl(where, "req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=receiver.test")
+    (where / "server.ext").write_text("subjectAltName=DNS:receiver.test\nbasicConstraints=CA:FALSE\n"
+                                      "extendedKeyUsage=serverAuth\nauthorityKeyIdentifier=keyid\n")
+    openssl(where, "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+    return where
+
+
+def test_https_to_a_pinned_name_verifies_the_certificate_against_the_name(
+        monkeypatch: pytest.MonkeyPatch, certificates: Path) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificates / "server.pem", certificates / "server.key")
+    sent_names: list[str | None] = []
+    context.sni_callback = lambda _socket, name, _context: sent_names.append(name)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates / "ca.pem"))  # as an operator trusts a private CA
+    dns = install(monkeypatch, {"receiver.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    with receiving(tls=context) as receiver:
+        url = at(receiver, "receiver.test")
+        assert post(url).status_code == 200
+        (got,) = receiver.requests
+        assert got.headers["host"] == f"receiver.test:{urlsplit(url).port}" and sent_names == ["receiver.test"]
+        # The same server, reached the same way, under a name its certificate does not carry, or at its
+        # address: the handshake fails, so the success above was the name's.
+        for other in (at(receiver, "other.test"), receiver.url):
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                post(other)
+        assert len(receiver.requests) == 1 and "other.test" in sent_names
+        monkeypatch.delenv("SSL_CERT_FILE")  # the CA no longer trusted: the name alone does not pass
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            post(url)
+    assert dns.lookups == ["receiver.test", "other.test", "receiver.test"]

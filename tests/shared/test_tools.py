@@ -14,6 +14,7 @@ import redis
 from pydantic import ValidationError
 
 from shared import keys, retention, signing, tools
+from tests.fakes.resolver import install
 from tests.fakes.tool_server import ToolServer
 from tests.stack import free_port
 
@@ -299,12 +300,32 @@ def test_arguments_that_are_not_json_do_not_raise(server: ToolServer) -> None:
     assert not [r for r in server.requests if b"NaN" in r.body]
 
 
+def test_a_call_looks_the_name_up_once_and_connects_where_it_pointed(monkeypatch: pytest.MonkeyPatch) -> None:
+    dns = install(monkeypatch, {"tools.test": ["127.0.0.1"]})  # httpx itself cannot resolve this name
+    with ToolServer() as server:  # its own: /busy-once answers 503 to its first request only
+        url = server.url("/busy-once").replace("127.0.0.1", "tools.test")
+        tool = tools.parse(spec(url=url), allow_http=True)
+        dns.lookups.clear()
+        outcome = call(tool)
+        assert outcome.ok and outcome.result == {"tries": 2}, outcome  # the retry went to the same address
+        assert dns.lookups == ["tools.test"]  # once for the call, its retry included; none by httpx
+        port = url.split(":")[2].split("/")[0]
+        assert [r.headers["host"] for r in server.requests] == [f"tools.test:{port}"] * 2
+
+        dns.table["tools.test"] = ["10.0.0.5"]  # it rebinds: refused, nothing sent
+        refused = call(tool)
+        assert not refused.ok and refused.error is not None
+        assert refused.error.startswith("refused: 'tools.test' resolves to 10.0.0.5, which is a private address")
+        assert len(server.requests) == 2 and dns.lookups == ["tools.test"] * 2
+
+
 def test_a_url_httpx_cannot_use_gives_an_outcome_not_an_exception() -> None:
-    # Stored tools are not re-checked on load; a URL that slipped through must still not raise.
+    # Stored tools are not re-checked on load; a URL that slipped through must still not raise. Its host
+    # is no valid name, so it resolves to nothing, and nothing is connected to.
     tool = tools.parse(spec()).model_copy(update={"url": "https://shop..example/t"})
     outcome = call(tool)
     assert not outcome.ok and outcome.error is not None
-    assert outcome.error.startswith("the call failed: UnicodeError"), outcome.error
+    assert outcome.error == "connection failed: ConnectError: 'shop..example' does not resolve", outcome.error
     assert outcome.elapsed_s < 1
 
 

@@ -21,6 +21,7 @@ from rq.job import Job as RqJob
 
 from shared import egress, keys, reaper, retention, signing, webhooks
 from shared.config import CommonSettings
+from tests.fakes.resolver import install
 from tests.stack import free_port
 from tests.webhook_receiver import Answer, Receiver, receiving
 
@@ -240,6 +241,45 @@ def test_an_endpoint_that_is_internal_when_sent_ends_dead_without_a_request(
     webhooks.send(conn, settings, delivery_id)
     (got,) = receiver.requests
     assert receiver.verified(got) and record(conn, delivery_id).status == "delivered"
+
+
+def test_each_attempt_looks_the_name_up_once_and_connects_where_it_pointed(
+        conn: redis.Redis, settings: CommonSettings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    dns = install(monkeypatch, {"receiver.test": ["127.0.0.1"]})  # httpx itself cannot resolve this name
+    url = receiver.url.replace("127.0.0.1", "receiver.test")
+    receiver.secret = webhooks.set_endpoint(conn, TENANT, url).secret
+    receiver.plan(Answer(503), then=Answer(200))
+    dns.lookups.clear()
+    delivery_id = webhooks.deliver(conn, settings, TENANT, "call.ended", {"call": "c10"})
+    assert delivery_id is not None
+
+    settle(conn, settings, delivery_id)
+
+    assert [r.answered for r in receiver.requests] == [503, 200] and all(map(receiver.verified, receiver.requests))
+    port = url.split(":")[2].split("/")[0]
+    assert {r.headers["host"] for r in receiver.requests} == {f"receiver.test:{port}"}
+    assert dns.lookups == ["receiver.test"] * 2  # one per attempt, none by httpx
+
+    dns.table["receiver.test"] = ["169.254.169.254"]  # it rebinds: the next attempt is refused, unsent
+    again = webhooks.deliver(conn, settings, TENANT, "call.ended", {"call": "c11"})
+    assert again is not None
+    webhooks.send(conn, settings, again)
+    dead = record(conn, again)
+    assert dead.status == "dead" and dead.last_error is not None
+    assert dead.last_error.startswith("'receiver.test' resolves to 169.254.169.254, which is a link-local address")
+    assert len(receiver.requests) == 2 and dns.lookups == ["receiver.test"] * 3
+
+
+def test_a_name_that_does_not_resolve_when_sent_is_retried_as_a_connection_error(
+        conn: redis.Redis, settings: CommonSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, {})
+    webhooks.set_endpoint(conn, TENANT, "https://gone.test/hooks")  # accepted: it may resolve later
+    delivery_id = webhooks.deliver(conn, settings, TENANT, "call.ended", {})
+    assert delivery_id is not None
+    webhooks.send(conn, settings, delivery_id)
+    waiting = record(conn, delivery_id)
+    assert waiting.status == "pending" and due_at(conn, delivery_id) is not None
+    assert waiting.last_error == "connection: ConnectError: 'gone.test' does not resolve"
 
 
 def test_a_400_is_not_retried(conn: redis.Redis, settings: CommonSettings, receiver: Receiver) -> None:
