@@ -111,6 +111,10 @@ class CommonSettings(BaseSettings):
         "worker_reaper_interval_s after it is due.")
     webhook_retention_s: int = Field(
         7 * 24 * 3600, ge=60, description="How long webhook deliveries and dead letters are kept.")
+    webhooks_allow_http: bool = Field(
+        False, description="Let tenants set webhook endpoints at plain http:// URLs on any host (on-prem "
+        "networks); otherwise webhooks use https, or http only to 127.0.0.1/localhost/::1. Deliveries carry call "
+        "summaries.")
     tools_allow_http: bool = Field(
         False, description="Let tenants register custom tools at plain http:// URLs on any host (on-prem networks); "
         "otherwise tools use https, or http only to 127.0.0.1/localhost/::1.")

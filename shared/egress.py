@@ -11,6 +11,8 @@ Loopback stays allowed, as it always was for tools: a URL at 127.0.0.1 reaches o
 runs on, where a tenant's receiver may sit in a sidecar, and where the test suite's receivers listen. The
 price is that services on the workers' own loopback stay reachable (a single-host deployment's LLM server);
 an operator serving untrusted tenants there should keep those off the workers' hosts or firewall them.
+Plain http is for loopback too (`check_scheme`), unless the operator allows it: a signed body carries
+call summaries and tool arguments, which should not cross a network in clear text.
 
 The host is checked when the URL is registered, where a name that does not resolve (yet) is accepted, and
 again right before every request, because what a name resolves to can change at any time. That second
@@ -33,6 +35,7 @@ SETTING = "VQ_EGRESS_ALLOW_PRIVATE"
 RESOLVE_TIMEOUT_S = 2.0  # a registration (a gateway request) waits no longer than this on a slow resolver
 TIMEOUT_S = 5.0  # httpx's own default
 CGNAT = ipaddress.ip_network("100.64.0.0/10")  # ipaddress calls it neither private nor global
+LOOPBACK_NAMES = ("localhost",)
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -63,6 +66,22 @@ def literal(host: str) -> Address | None:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return None
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback literal: plain http to it does not leave the host."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    address = literal(host)
+    return address is not None and address.is_loopback
+
+
+def check_scheme(scheme: str, host: str, *, allow_http: bool, setting: str) -> None:
+    """ValueError for plain http to a host other than loopback, unless the operator allows it with
+    `setting` (on-prem networks)."""
+    if scheme == "http" and not (allow_http or is_loopback(host)):
+        raise ValueError(f"must use https (plain http is allowed only to 127.0.0.1, localhost or ::1, unless "
+                         f"the operator sets {setting}=true)")
 
 
 def resolve(host: str, timeout_s: float = RESOLVE_TIMEOUT_S) -> list[Address]:

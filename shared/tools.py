@@ -34,7 +34,7 @@ BUILTIN = ("transfer_to_human", "end_call", "create_ticket")  # handled by the L
 HEADER_TOOL = "X-Voicequeue-Tool"
 ALLOW_HTTP = "allow_http"  # validation context key: the `tools_allow_http` setting
 ALLOW_PRIVATE = "allow_private"  # validation context key: the `egress_allow_private` setting
-LOOPBACK_HOSTS = ("localhost",)
+HTTP_SETTING = "VQ_TOOLS_ALLOW_HTTP"
 MAX_SCHEMA_BYTES = 16 * 1024  # the schema goes into every prompt that offers the tool
 MAX_BODY_BYTES = 64 * 1024  # what is read of a tool's answer, so a tool cannot flood the prompt
 MAX_TEXT_CHARS = 2000  # a non-JSON answer or an error body is shown this far
@@ -153,9 +153,7 @@ def check_url(url: str, *, allow_http: bool = False, allow_private: bool = False
         raise ValueError(f"{host[:100]!r} is not a valid host name")
     if parts.username or parts.password:
         raise ValueError("must not carry credentials: the request is signed instead")
-    if parts.scheme == "http" and not (allow_http or is_loopback(host)):
-        raise ValueError("must use https (plain http is allowed only to 127.0.0.1, localhost or ::1, "
-                         "unless the operator sets VQ_TOOLS_ALLOW_HTTP)")
+    egress.check_scheme(parts.scheme, host, allow_http=allow_http, setting=HTTP_SETTING)
     egress.check_host(host, allow_private=allow_private)
 
 
@@ -169,15 +167,6 @@ def _valid_host(host: str) -> bool:
         host.encode("idna")  # refuses empty and over-long labels, as the request would later
         return True
     except UnicodeError:
-        return False
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() in LOOPBACK_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
         return False
 
 

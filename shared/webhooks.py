@@ -50,6 +50,7 @@ DEAD_LETTERS_MAX = 1000  # per tenant; older ones drop off the list (and expire 
 URL_MAX_CHARS = 2048
 ERROR_BODY_CHARS = 200  # of a refusing receiver's answer, kept in last_error
 RELEASE_MAX = 500  # due deliveries one `release_due` call re-queues; the next reaper tick takes the rest
+HTTP_SETTING = "VQ_WEBHOOKS_ALLOW_HTTP"
 
 
 class Status(StrEnum):
@@ -102,8 +103,10 @@ class Refused(Exception):
 # ---- endpoints ----------------------------------------------------------------------------------------
 
 
-def check_url(url: str, *, allow_private: bool = False) -> str:
-    """The URL, stripped; ValueError saying why it is refused (`egress.Blocked` for an internal address)."""
+def check_url(url: str, *, allow_http: bool = False, allow_private: bool = False) -> str:
+    """The URL, stripped; ValueError saying why it is refused (`egress.Blocked` for an internal address).
+    Plain http is for a loopback host unless `allow_http` (the `webhooks_allow_http` setting): a delivery
+    carries call summaries and its signature, which must not be readable on the way."""
     refusal = f"a webhook URL must be http:// or https:// with a host, not {url[:100]!r}"
     try:
         parts = urlsplit(url.strip())
@@ -114,6 +117,7 @@ def check_url(url: str, *, allow_private: bool = False) -> str:
         raise ValueError(refusal)
     if len(url) > URL_MAX_CHARS:
         raise ValueError(f"a webhook URL has at most {URL_MAX_CHARS} characters")
+    egress.check_scheme(parts.scheme, parts.hostname, allow_http=allow_http, setting=HTTP_SETTING)
     egress.check_host(parts.hostname, allow_private=allow_private)
     return url.strip()
 
@@ -130,11 +134,11 @@ def check_events(events: list[str] | None) -> list[str] | None:
 
 
 def set_endpoint(conn: redis.Redis, tenant: str, url: str, events: list[str] | None = None, *,
-                 rotate: bool = False, allow_private: bool = False) -> Endpoint:
+                 rotate: bool = False, allow_http: bool = False, allow_private: bool = False) -> Endpoint:
     """Create or change the tenant's endpoint. Its secret is made on first set and kept after, so receivers
     keep verifying, unless `rotate` asks for a new one. ValueError for a bad URL or event name;
-    `allow_private` is the `egress_allow_private` setting."""
-    url, events = check_url(url, allow_private=allow_private), check_events(events)
+    `allow_http` is the `webhooks_allow_http` setting, `allow_private` the `egress_allow_private` one."""
+    url, events = check_url(url, allow_http=allow_http, allow_private=allow_private), check_events(events)
     key = keys.webhook_endpoint(tenant)
     now = time.time()
 

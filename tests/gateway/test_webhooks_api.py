@@ -55,8 +55,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
 @pytest.fixture(scope="module")
 def open_gateway(tmp_path_factory: pytest.TempPathFactory, gateway: Gateway) -> Iterator[Gateway]:
-    """A second gateway on the same Redis, run by an operator who set VQ_EGRESS_ALLOW_PRIVATE=true."""
-    with serving(tmp_path_factory, gateway.redis_url, {"VQ_EGRESS_ALLOW_PRIVATE": "true"}) as port:
+    """A second gateway on the same Redis, run by an operator who set VQ_EGRESS_ALLOW_PRIVATE=true and
+    VQ_WEBHOOKS_ALLOW_HTTP=true."""
+    allow = {"VQ_EGRESS_ALLOW_PRIVATE": "true", "VQ_WEBHOOKS_ALLOW_HTTP": "true"}
+    with serving(tmp_path_factory, gateway.redis_url, allow) as port:
         yield Gateway(f"http://127.0.0.1:{port}", gateway.conn, gateway.redis_url, gateway.keys)
 
 
@@ -125,13 +127,16 @@ BAD: dict[str, tuple[dict[str, Any], int, str, str]] = {
     "no events": ({"json": {"url": "https://x.test/h", "events": []}}, 400, "invalid_webhook_events",
                   "at least one event"),
     "missing url": ({"json": {"events": None}}, 422, "invalid_request", "missing field 'url'"),
-    "metadata url": ({"json": {"url": "http://169.254.169.254/latest/meta-data/"}}, 400, "invalid_webhook_url",
+    "metadata url": ({"json": {"url": "https://169.254.169.254/latest/meta-data/"}}, 400, "invalid_webhook_url",
                      "169.254.169.254 is a link-local address: tenants' webhooks and tools may not call internal "
                      "addresses unless the operator sets VQ_EGRESS_ALLOW_PRIVATE=true"),
-    "private url": ({"json": {"url": "http://192.168.1.1/"}}, 400, "invalid_webhook_url",
+    "private url": ({"json": {"url": "https://192.168.1.1/"}}, 400, "invalid_webhook_url",
                     "192.168.1.1 is a private address"),
     "mapped metadata url": ({"json": {"url": "https://[::ffff:169.254.169.254]/"}}, 400, "invalid_webhook_url",
                             "::ffff:169.254.169.254 is a link-local address"),
+    "plain http to a public host": ({"json": {"url": "http://hooks.example.test/vq"}}, 400, "invalid_webhook_url",
+                                    "must use https (plain http is allowed only to 127.0.0.1, localhost or ::1, "
+                                    "unless the operator sets VQ_WEBHOOKS_ALLOW_HTTP=true)"),
     "events not a list": ({"json": {"url": "https://x.test/h", "events": "call.ended"}}, 422, "invalid_request",
                           "events"),
 }
@@ -152,9 +157,11 @@ def test_an_internal_endpoint_is_accepted_when_allowed_and_refused_again_when_se
     # 0.0.0.0 reaches this host's loopback on Linux: the receiver, at an address the policy refuses.
     url = receiver.url.replace("127.0.0.1", "0.0.0.0")
     with gateway.client("d") as closed, open_gateway.client("d") as opened:
-        r = closed.put("/v1/webhooks", json={"url": url})
-        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_webhook_url"
-        assert "0.0.0.0 is an unspecified address" in r.json()["error"]["message"]
+        for refused, says in ((url.replace("http:", "https:"), "0.0.0.0 is an unspecified address"),
+                              (url, "VQ_WEBHOOKS_ALLOW_HTTP=true")):  # not loopback: plain http refused too
+            r = closed.put("/v1/webhooks", json={"url": refused})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_webhook_url"
+            assert says in r.json()["error"]["message"]
         assert closed.get("/v1/webhooks").status_code == 404
         r = opened.put("/v1/webhooks", json={"url": url})
         assert r.status_code == 200 and r.json()["url"] == url, r.text
@@ -170,6 +177,17 @@ def test_an_internal_endpoint_is_accepted_when_allowed_and_refused_again_when_se
         assert "VQ_EGRESS_ALLOW_PRIVATE=true" in dead["last_error"]
         assert [d["id"] for d in closed.get("/v1/webhooks/dead").json()["dead"]] == [delivery_id]
     assert receiver.requests == []
+
+
+def test_plain_http_to_a_public_host_is_set_only_where_the_operator_allows_it(gateway: Gateway,
+                                                                              open_gateway: Gateway) -> None:
+    url = "http://hooks.example.test/vq"
+    with gateway.client("c") as closed, open_gateway.client("c") as opened:
+        r = closed.put("/v1/webhooks", json={"url": url})
+        assert r.status_code == 400 and "VQ_WEBHOOKS_ALLOW_HTTP=true" in r.json()["error"]["message"]
+        r = opened.put("/v1/webhooks", json={"url": url})
+        assert r.status_code == 200 and r.json()["url"] == url, r.text
+        assert closed.delete("/v1/webhooks").status_code == 204
 
 
 def test_dead_letters_are_the_tenants_own_and_replay_once_fixed(gateway: Gateway, receiver: Receiver) -> None:

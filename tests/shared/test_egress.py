@@ -218,3 +218,19 @@ def test_https_to_a_pinned_name_verifies_the_certificate_against_the_name(
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             post(url)
     assert dns.lookups == ["receiver.test", "other.test", "receiver.test"]
+
+
+@pytest.mark.parametrize(("scheme", "host", "allowed"), [
+    ("https", "hooks.example.test", True), ("https", "8.8.8.8", True),
+    ("http", "127.0.0.1", True), ("http", "127.8.9.10", True), ("http", "localhost", True),
+    ("http", "LOCALHOST", True), ("http", "::1", True),
+    ("http", "hooks.example.test", False), ("http", "8.8.8.8", False), ("http", "10.0.0.5", False),
+    ("http", "localhost.example.test", False), ("http", "0.0.0.0", False),
+])
+def test_plain_http_is_for_loopback_unless_the_setting_allows_it(scheme: str, host: str, allowed: bool) -> None:
+    if allowed:
+        egress.check_scheme(scheme, host, allow_http=False, setting="VQ_X_ALLOW_HTTP")
+    else:
+        with pytest.raises(ValueError, match=r"^must use https \(.* unless the operator sets VQ_X_ALLOW_HTTP=true\)$"):
+            egress.check_scheme(scheme, host, allow_http=False, setting="VQ_X_ALLOW_HTTP")
+    egress.check_scheme(scheme, host, allow_http=True, setting="VQ_X_ALLOW_HTTP")  # the operator allows it

@@ -214,17 +214,19 @@ def test_an_unreachable_receiver_ends_dead_with_the_connection_error(conn: redis
                                  "http://192.168.1.1/", "https://[fd00::1]/hooks", "http://2852039166/"])
 def test_an_endpoint_at_an_internal_address_is_refused_unless_the_operator_allows_it(conn: redis.Redis,
                                                                                        url: str) -> None:
+    # Plain http says nothing about where: a private host needs egress_allow_private as well.
     with pytest.raises(egress.Blocked, match="address: tenants' webhooks and tools may not call internal"):
-        webhooks.set_endpoint(conn, TENANT, url)
+        webhooks.set_endpoint(conn, TENANT, url, allow_http=True)
     assert webhooks.get_endpoint(conn, TENANT) is None
-    assert webhooks.set_endpoint(conn, TENANT, url, allow_private=True).url == url
+    assert webhooks.set_endpoint(conn, TENANT, url, allow_http=True, allow_private=True).url == url
 
 
 def test_an_endpoint_that_is_internal_when_sent_ends_dead_without_a_request(
         conn: redis.Redis, settings: CommonSettings, receiver: Receiver) -> None:
     # 0.0.0.0 reaches this host's loopback on Linux: the receiver, at an address the policy refuses.
     url = receiver.url.replace("127.0.0.1", "0.0.0.0")
-    receiver.secret = webhooks.set_endpoint(conn, TENANT, url, allow_private=True).secret  # allowed back then
+    receiver.secret = webhooks.set_endpoint(conn, TENANT, url, allow_http=True,  # allowed back then
+                                            allow_private=True).secret
     assert not settings.egress_allow_private
     delivery_id = webhooks.deliver(conn, settings, TENANT, "call.ended", {"call": "c7"})
     assert delivery_id is not None
@@ -247,7 +249,7 @@ def test_each_attempt_looks_the_name_up_once_and_connects_where_it_pointed(
         conn: redis.Redis, settings: CommonSettings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     dns = install(monkeypatch, {"receiver.test": ["127.0.0.1"]})  # httpx itself cannot resolve this name
     url = receiver.url.replace("127.0.0.1", "receiver.test")
-    receiver.secret = webhooks.set_endpoint(conn, TENANT, url).secret
+    receiver.secret = webhooks.set_endpoint(conn, TENANT, url, allow_http=True).secret  # not loopback by name
     receiver.plan(Answer(503), then=Answer(200))
     dns.lookups.clear()
     delivery_id = webhooks.deliver(conn, settings, TENANT, "call.ended", {"call": "c10"})
@@ -344,6 +346,28 @@ def test_endpoint_secret_is_kept_until_rotated_and_bad_config_refused(conn: redi
     assert webhooks.get_endpoint(conn, TENANT) == rotated  # refusals changed nothing
     assert webhooks.delete_endpoint(conn, TENANT) and webhooks.get_endpoint(conn, TENANT) is None
     assert not webhooks.delete_endpoint(conn, TENANT)
+
+
+def test_plain_http_is_for_loopback_unless_the_operator_allows_it(conn: redis.Redis,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in ("http://127.0.0.1:8080/h", "http://localhost/h", "http://[::1]:9/h", "http://127.0.0.2/h"):
+        assert webhooks.set_endpoint(conn, TENANT, url).url == url
+    refusal = ("must use https (plain http is allowed only to 127.0.0.1, localhost or ::1, unless the operator "
+               "sets VQ_WEBHOOKS_ALLOW_HTTP=true)")
+    for url in ("http://hooks.example.test/h", "http://8.8.8.8/h", "HTTP://hooks.example.test/h"):
+        with pytest.raises(ValueError) as caught:
+            webhooks.set_endpoint(conn, TENANT, url)
+        assert str(caught.value) == refusal
+    kept = webhooks.get_endpoint(conn, TENANT)
+    assert kept is not None and kept.url == "http://127.0.0.2/h"  # refusals changed nothing
+    allowed = webhooks.set_endpoint(conn, TENANT, "http://hooks.example.test/h", allow_http=True)
+    assert allowed.url == "http://hooks.example.test/h"
+    assert webhooks.set_endpoint(conn, TENANT, "https://hooks.example.test/h").url == "https://hooks.example.test/h"
+
+    monkeypatch.delenv(webhooks.HTTP_SETTING, raising=False)
+    assert CommonSettings().webhooks_allow_http is False  # the setting that `allow_http` stands for
+    monkeypatch.setenv(webhooks.HTTP_SETTING, "true")
+    assert CommonSettings().webhooks_allow_http is True
 
 
 def test_deliveries_expire_and_endpoints_survive_the_retention_sweep(conn: redis.Redis, settings: CommonSettings,

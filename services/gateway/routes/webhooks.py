@@ -21,8 +21,9 @@ SHOWN_SECRET_CHARS = 4
 
 
 class EndpointRequest(BaseModel):
-    url: str = Field(description="Where events are POSTed: an http:// or https:// URL, not at an internal "
-                     "address (see docs/webhooks.md, Outbound requests).")
+    url: str = Field(description="Where events are POSTed: an https:// URL (http:// only to 127.0.0.1, localhost "
+                     "or ::1, unless the operator allows it), not at an internal address (see docs/webhooks.md, "
+                     "Outbound requests).")
     events: list[str] | None = Field(None, description=f"Events to send ({', '.join(webhooks.EVENTS)}); "
                                      "null: all of them.")
     rotate_secret: bool = Field(False, description="Make a new signing secret (the old one stops verifying).")
@@ -38,13 +39,15 @@ def _shown(endpoint: webhooks.Endpoint, *, reveal: bool) -> dict[str, Any]:
 @router.put("/v1/webhooks")
 def set_endpoint(body: EndpointRequest, conn: RedisDep, settings: SettingsDep, tenant: TenantDep) -> dict[str, Any]:
     """Create or change the endpoint; the answer holds the signing secret (kept unless `rotate_secret`).
-    A URL whose host is, or resolves to, an internal address is refused unless the operator allows them."""
+    A URL whose host is, or resolves to, an internal address is refused unless the operator allows them, and
+    so is plain http to a host other than loopback."""
     try:
         webhooks.check_events(body.events)
     except ValueError as exc:
         raise ApiError(400, "invalid_webhook_events", str(exc)) from exc
     try:  # the events are fine, so a refusal is the URL's (checked once: its host is looked up)
         endpoint = webhooks.set_endpoint(conn, tenant, body.url, body.events, rotate=body.rotate_secret,
+                                         allow_http=settings.webhooks_allow_http,
                                          allow_private=settings.egress_allow_private)
     except ValueError as exc:
         raise ApiError(400, "invalid_webhook_url", str(exc)) from exc
