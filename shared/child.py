@@ -5,9 +5,13 @@ through `execve` they would skip the privacy filter on our log handler
 (`shared.logs`), so instead each line of the child's stdout and stderr becomes a
 log record, scrubbed like any other. SIGTERM and SIGINT are passed on to the
 child, and the caller exits with the child's status. If the caller is killed
-outright (SIGKILL: nothing to forward), the kernel sends the child SIGTERM
+outright (SIGKILL: nothing to forward), the kernel kills the child too
 (PR_SET_PDEATHSIG), so a supervisor that restarts the caller does not find
-the old server still holding the port.
+the old server still holding the port. SIGKILL, not SIGTERM: llama-server
+shuts down gracefully on SIGTERM, and then it held the port for more than
+2.6 s (the restarted server could not bind, a second crash) and left a request
+it had just accepted without an answer until the client's 60 s timeout. Nothing
+is left to log or wait for the orphan, so there is no grace to give it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 def _die_with_parent() -> None:
     """Runs in the child between fork and exec."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def start(argv: Sequence[str], env: Mapping[str, str], logger: logging.Logger) -> subprocess.Popen[bytes]:

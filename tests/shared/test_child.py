@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
 
 import psutil
+
+from tests.stack import free_port
 
 PARENT = textwrap.dedent("""
     import logging, sys
@@ -22,8 +25,15 @@ PARENT = textwrap.dedent("""
 """)
 
 
-def _start_parent() -> tuple[subprocess.Popen[str], int]:
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True,
+# A server that finishes gracefully on SIGTERM, as llama-server does: it would keep its port for as long as that
+# takes (here: ignores SIGTERM outright).
+STUBBORN = ("import signal, socket, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); "
+            "print('child up', flush=True); time.sleep(300)")
+
+
+def _start_parent(script: str = PARENT) -> tuple[subprocess.Popen[str], int]:
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                               cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert parent.stdout is not None
     line = parent.stdout.readline()
@@ -47,6 +57,23 @@ def test_child_dies_when_its_parent_is_killed() -> None:
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
         assert _gone(pid, 5), "the server outlived its SIGKILLed parent"
+    finally:
+        if psutil.pid_exists(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_child_that_would_linger_on_sigterm_is_gone_with_its_port_when_the_parent_is_killed() -> None:
+    port = free_port()
+    parent, pid = _start_parent(PARENT.replace(
+        '[sys.executable, "-c", "import time; print(\'child up\', flush=True); time.sleep(300)"]',
+        f"[sys.executable, '-c', {STUBBORN!r}, '{port}']"))
+    try:
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "server child up"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        assert _gone(pid, 2), "the server outlived its SIGKILLed parent"
+        with socket.socket() as again:  # what the restarted server does first
+            again.bind(("127.0.0.1", port))
     finally:
         if psutil.pid_exists(pid):
             os.kill(pid, signal.SIGKILL)
