@@ -67,6 +67,7 @@ bench: models
 	$(PY) bench/cpu_budget.py
 	$(PY) bench/concurrency.py
 	$(PY) bench/knowledge.py
+	$(PY) bench/tool_followup.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
