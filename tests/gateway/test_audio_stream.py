@@ -61,7 +61,10 @@ def test_streamed_audio_says_the_reply(client: httpx.Client) -> None:
     heard = client.post("/v1/audio/transcriptions", files={"file": ("reply.wav", body, "audio/wav")},
                         data={"language": "en"})
     assert heard.status_code == 200, heard.text
-    assert wer(reply, heard.json()["text"]) <= 0.25, (reply, heard.json()["text"])
+    # Piper read back by tiny.en: on a spoken list ("1. Stick to a regular sleep schedule. 2. …") the round
+    # trip alone measured 0.32 ("sector regular", "tune", "bed time"). Another reply or half of this one is
+    # over 0.5.
+    assert wer(reply, heard.json()["text"]) <= 0.35, (reply, heard.json()["text"])
 
 
 def test_chunks_one_by_one(client: httpx.Client) -> None:

@@ -20,7 +20,7 @@ import pytest
 import redis
 from rq import Queue
 
-from shared.textnorm import wer
+from shared.textnorm import normalize, wer
 from tests.gateway.call_helpers import Events, Mic, audio_of, onset_s, pcm, sdk_call, silence, stream
 from tests.stack import Stack
 
@@ -243,7 +243,12 @@ def test_barge_in_cancels_the_reply_and_history_keeps_what_was_heard(
         assert record["transcript"][1]["interrupted"] and said == record["transcript"][1]["heard_text"]
         assert len(said) < len(full), "the unheard part of the reply is still in the history"
         played = audio_of([e for _, e in old_deltas])[: played_ms * RATE // 1000 * 2]
-        assert wer(said.rstrip("…"), transcribe(stack, played, RATE)) <= 0.35
+        # The cut is placed by time, so it may land a word or two either side of where the played audio's
+        # transcript ends: in a reply cut after three words that alone is a WER of 0.67 ("Sure, I can" against
+        # "Sure. I can tell you-"). So: at most 35 % of the words wrong, or at most two.
+        kept = said.rstrip("…")
+        errors = wer(kept, transcribe(stack, played, RATE)) * max(1, len(normalize(kept).split()))
+        assert errors <= max(2.0, 0.35 * len(normalize(kept).split())), (kept, errors)
         assert asked["inputs"]["text"] == heard["transcript"]
         return True
 
