@@ -27,7 +27,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -123,23 +122,23 @@ def check_host(host: str, *, allow_private: bool, timeout_s: float = RESOLVE_TIM
     return found
 
 
-def check_url(url: str, *, allow_private: bool) -> None:
-    """`check_host` for a URL's host (a URL without one is left to the caller's own checks)."""
+def request_host(url: str) -> str:
+    """The host exactly as httpx will send it to a resolver (a parser that read the URL differently would
+    check one host and let the request go to another); ValueError for a URL httpx cannot send to at all."""
     try:
-        host = urlsplit(url.strip()).hostname
-    except ValueError:
-        return
-    if host:
-        check_host(host, allow_private=allow_private)
+        return httpx.URL(url).raw_host.decode("ascii")
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"{url[:100]!r} is not a URL a request can be sent to: {exc}") from exc
 
 
 def client(url: str, *, allow_private: bool, timeout: float = TIMEOUT_S) -> httpx.Client:
     """An httpx client for requests to `url`'s host that follows no redirect and, unless the operator
     allows internal addresses, connects only to the addresses `check_host` approved just now (Blocked
     otherwise). The lookup may take up to `timeout`, as httpx's own would have."""
-    # The host exactly as httpx will send it to a resolver: a parser that read the URL differently from
-    # httpx would check one host and let the request go to another.
-    host = httpx.URL(url).raw_host.decode("ascii")
+    try:
+        host = request_host(url)
+    except ValueError as exc:  # stored before registration parsed URLs as httpx does
+        raise Blocked(str(exc)) from exc
     pinned = check_host(host, allow_private=allow_private, timeout_s=timeout)
     transport = None if pinned is None else PinnedTransport(host, pinned)
     return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False)

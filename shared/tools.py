@@ -154,7 +154,7 @@ def check_url(url: str, *, allow_http: bool = False, allow_private: bool = False
     if parts.username or parts.password:
         raise ValueError("must not carry credentials: the request is signed instead")
     egress.check_scheme(parts.scheme, host, allow_http=allow_http, setting=HTTP_SETTING)
-    egress.check_host(host, allow_private=allow_private)
+    egress.check_host(egress.request_host(url), allow_private=allow_private)
 
 
 def _valid_host(host: str) -> bool:

@@ -118,7 +118,7 @@ def check_url(url: str, *, allow_http: bool = False, allow_private: bool = False
     if len(url) > URL_MAX_CHARS:
         raise ValueError(f"a webhook URL has at most {URL_MAX_CHARS} characters")
     egress.check_scheme(parts.scheme, parts.hostname, allow_http=allow_http, setting=HTTP_SETTING)
-    egress.check_host(parts.hostname, allow_private=allow_private)
+    egress.check_host(egress.request_host(url.strip()), allow_private=allow_private)
     return url.strip()
 
 

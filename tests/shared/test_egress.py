@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from shared import egress
+from shared import egress, tools, webhooks
 from shared.config import CommonSettings
 from tests.fakes.resolver import install
 from tests.webhook_receiver import Answer, Receiver, receiving
@@ -53,6 +53,11 @@ CLASSES: dict[str, str | None] = {
 }
 
 
+def check(url: str, *, allow_private: bool) -> None:
+    """What a webhook or tool request does first: its client is made, which checks the URL as httpx parses it."""
+    egress.client(url, allow_private=allow_private).close()
+
+
 @pytest.mark.parametrize("text", list(CLASSES))
 def test_addresses_are_classified(text: str) -> None:
     assert egress.refused_class(ipaddress.ip_address(text)) == CLASSES[text]
@@ -62,33 +67,49 @@ def test_addresses_are_classified(text: str) -> None:
 def test_an_internal_literal_is_blocked_naming_its_class_and_the_setting(text: str) -> None:
     host = f"[{text}]" if ":" in text else text
     with pytest.raises(egress.Blocked) as caught:
-        egress.check_url(f"https://{host}:8443/latest/meta-data/", allow_private=False)
+        check(f"https://{host}:8443/latest/meta-data/", allow_private=False)
     message = str(caught.value)
     assert message.startswith(f"{text} is a") and f"{CLASSES[text]} address" in message
     assert "VQ_EGRESS_ALLOW_PRIVATE=true" in message
-    egress.check_url(f"https://{host}:8443/latest/meta-data/", allow_private=True)
+    check(f"https://{host}:8443/latest/meta-data/", allow_private=True)
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8080/t", "http://localhost/t", "http://[::1]:9/t",
                                  "https://8.8.8.8/t", "https://[2001:4860:4860::8888]/t"])
 def test_loopback_and_public_addresses_pass(url: str) -> None:
-    egress.check_url(url, allow_private=False)
+    check(url, allow_private=False)
 
 
-@pytest.mark.parametrize("host", ["2852039166", "0xa9fea9fe", "169.254.43518", "0251.0376.0251.0376"])
+OCTAL = "0251.0376.0251.0376"
+
+
+@pytest.mark.parametrize("host", ["2852039166", "0xa9fea9fe", "169.254.43518", OCTAL])
 def test_a_name_the_resolver_turns_into_an_internal_address_is_blocked(host: str) -> None:
     # Not IP literals to ipaddress, but getaddrinfo (and so httpx) reads them as 169.254.169.254.
     expected = re.escape(f"'{host}' resolves to 169.254.169.254, which is a link-local address")
     with pytest.raises(egress.Blocked, match=f"^{expected}"):
-        egress.check_url(f"http://{host}/latest/meta-data/", allow_private=False)
-    egress.check_url(f"http://{host}/latest/meta-data/", allow_private=True)
+        egress.check_host(host, allow_private=False)
+    egress.check_host(host, allow_private=True)
+    if host != OCTAL:  # httpx cannot send to that one at all (below)
+        with pytest.raises(egress.Blocked, match=f"^{expected}"):
+            check(f"http://{host}/latest/meta-data/", allow_private=False)
+        check(f"http://{host}/latest/meta-data/", allow_private=True)
+
+
+def test_a_url_httpx_cannot_send_to_is_refused_when_registered_and_when_called() -> None:
+    url = f"https://{OCTAL}/hook"  # httpx reads dotted digits as IPv4, and octal parts are not
+    for register in (webhooks.check_url, tools.check_url):
+        with pytest.raises(ValueError, match="is not a URL a request can be sent to"):
+            register(url, allow_private=True)
+    with pytest.raises(egress.Blocked, match="is not a URL a request can be sent to"):
+        check(url, allow_private=True)
 
 
 def test_names_are_resolved_and_a_name_that_does_not_resolve_passes() -> None:
     assert set(egress.resolve("localhost")) <= {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
     assert egress.resolve("localhost")
     assert egress.resolve("no-such-host.invalid") == []
-    egress.check_url("https://no-such-host.invalid/hook", allow_private=False)  # checked again when sent
+    check("https://no-such-host.invalid/hook", allow_private=False)  # checked again when sent
 
 
 def test_the_setting_is_off_unless_the_operator_turns_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
