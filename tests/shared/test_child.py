@@ -14,12 +14,13 @@ import psutil
 
 from tests.stack import free_port
 
+SLEEPER = "import time; print('child up', flush=True); time.sleep(300)"
+# The parent runs `child.start` on [python, -c, CHILD, *ARGS]; the two are filled in by _start_parent.
 PARENT = textwrap.dedent("""
     import logging, sys
     from shared import child
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(message)s")
-    proc = child.start([sys.executable, "-c", "import time; print('child up', flush=True); time.sleep(300)"],
-                       {}, logging.getLogger("server"))
+    proc = child.start([sys.executable, "-c", CHILD, *ARGS], {}, logging.getLogger("server"))
     print("pid", proc.pid, flush=True)
     sys.exit(child.supervise(proc))
 """)
@@ -32,7 +33,8 @@ STUBBORN = ("import signal, socket, sys, time; signal.signal(signal.SIGTERM, sig
             "print('child up', flush=True); time.sleep(300)")
 
 
-def _start_parent(script: str = PARENT) -> tuple[subprocess.Popen[str], int]:
+def _start_parent(child: str = SLEEPER, *args: str) -> tuple[subprocess.Popen[str], int]:
+    script = f"CHILD = {child!r}\nARGS = {list(args)!r}\n{PARENT}"
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                               cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert parent.stdout is not None
@@ -64,9 +66,7 @@ def test_child_dies_when_its_parent_is_killed() -> None:
 
 def test_a_child_that_would_linger_on_sigterm_is_gone_with_its_port_when_the_parent_is_killed() -> None:
     port = free_port()
-    parent, pid = _start_parent(PARENT.replace(
-        '[sys.executable, "-c", "import time; print(\'child up\', flush=True); time.sleep(300)"]',
-        f"[sys.executable, '-c', {STUBBORN!r}, '{port}']"))
+    parent, pid = _start_parent(STUBBORN, str(port))
     try:
         assert parent.stdout is not None and parent.stdout.readline().strip() == "server child up"
         parent.send_signal(signal.SIGKILL)
