@@ -14,6 +14,10 @@
   (piper ran ~0.15 s slower per reply), in exchange for crash isolation: a
   segfault or hard timeout on one input kills only that job process.
 
+* Threaded (`ThreadWorker`, `serve(concurrency=n)`; the llm worker's VQ_LLM_WORKER_JOBS): n in-process
+  workers on threads of one process, for a stage whose job mostly waits on another server. The llm
+  worker runs one job per llama-server slot, so the server batches that many replies.
+
 The plain `rq worker` command is not used: it would import and load the model per job.
 
 Crash recovery (issue 5): running jobs heartbeat every `worker_job_monitoring_interval_s`
@@ -41,8 +45,10 @@ from typing import Any, Generic, Protocol, TypeVar
 import redis
 from prometheus_client import REGISTRY, start_http_server
 from rq import Queue, SimpleWorker, Worker, worker_registration
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry
+from rq.timeouts import TimerDeathPenalty
 from rq.utils import now as rq_now
 from rq.worker import BaseWorker, WorkerStatus
 
@@ -191,6 +197,30 @@ class InProcessWorker(Heartbeats, SimpleWorker):
                 log.warning("heartbeat failed", exc_info=True)
 
 
+class ThreadWorker(InProcessWorker):
+    """One of several in-process workers of one process, each on its own thread, all sharing the loaded
+    service (`serve(concurrency=n)`). For a stage whose job mostly waits on another server: the llm
+    worker's jobs wait on llama-server, which decodes several replies at once in its parallel slots.
+
+    Signals reach only the main thread, which sets `stop`; an idle thread sees it within `STOP_POLL_S`, a
+    busy one after its job. Job time limits use a timer thread, as SIGALRM would go to the main thread."""
+
+    STOP_POLL_S = 1
+    death_penalty_class = TimerDeathPenalty
+    stop: threading.Event
+
+    def _install_signal_handlers(self) -> None:
+        """None: `signal.signal` works only on the main thread (`work_in_threads` installs the handlers)."""
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        while not self.stop.is_set():
+            # rq blocks up to `timeout` (minutes) for a job; wait in short rounds so a stop is seen.
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time=self.STOP_POLL_S)
+            if result is not None:
+                return result
+        raise StopRequested()
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this (forked job) process when its parent worker dies."""
     parent = os.getppid()
@@ -207,6 +237,7 @@ def serve(
     metrics_port: int,
     *,
     priorities: Sequence[str] = queues.PRIORITIES,
+    concurrency: int = 1,
 ) -> None:
     """Load the service once, expose /metrics, then work `<stage>:live` before `<stage>:batch` until stopped.
 
@@ -229,18 +260,27 @@ def serve(
         gc.freeze()  # keep the refcount/GC passes of job processes off the parent's (model) pages
     REGISTRY.register(metrics.QueueDepthCollector(conn, queues.names_for(stage_name)))  # every queue of the stage
     start_http_server(metrics_port)
-    worker_class = ForkingWorker if fork else InProcessWorker
+    threads = 1 if fork else max(1, concurrency)
+    worker_class = ForkingWorker if fork else ThreadWorker if threads > 1 else InProcessWorker
     worker_class.dead_after_s = settings.worker_dead_after_s
     worker_class.running = Running(service, settings, resources)
     reaper.Reaper(settings, queues.all_names()).start()
-    log.info("worker ready", extra={"stage": stage_name, "mode": "fork" if fork else "in-process", "queues": names})
-    work_until_stopped(lambda: worker_class(
-        names,
-        connection=conn,
-        job_class=StageJob,
-        job_monitoring_interval=settings.worker_job_monitoring_interval_s,
-        maintenance_interval=settings.worker_maintenance_interval_s,
-    ), conn, settings)
+    log.info("worker ready", extra={"stage": stage_name, "mode": "fork" if fork else "in-process", "queues": names,
+                                    "jobs_at_once": threads})
+
+    def make() -> BaseWorker:
+        return worker_class(
+            names,
+            connection=conn,
+            job_class=StageJob,
+            job_monitoring_interval=settings.worker_job_monitoring_interval_s,
+            maintenance_interval=settings.worker_maintenance_interval_s,
+        )
+
+    if threads > 1:
+        work_in_threads(make, conn, settings, threads)
+    else:
+        work_until_stopped(make, conn, settings)
 
 
 def work_until_stopped(make: Callable[[], BaseWorker], conn: redis.Redis, settings: CommonSettings) -> None:
@@ -264,6 +304,45 @@ def work_until_stopped(make: Callable[[], BaseWorker], conn: redis.Redis, settin
         log.warning("rq worker stopped without a stop request (Redis unreachable?); starting a new one")
         time.sleep(1.0)
         _wait_for_redis(conn)
+
+
+def work_in_threads(make: Callable[[], BaseWorker], conn: redis.Redis, settings: CommonSettings, n: int) -> None:
+    """Run `n` ThreadWorkers until SIGTERM/SIGINT, each restarted as `work_until_stopped` restarts one.
+
+    The first signal is a warm stop: idle threads leave, busy ones finish their job. A second one exits at
+    once; the jobs still running are then requeued by the next worker's reaper, as after a kill."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            worker = make()
+            assert isinstance(worker, ThreadWorker)
+            worker.stop = stop
+            try:
+                worker.work(logging_level=settings.log_level.upper())
+            except (redis.ConnectionError, redis.TimeoutError):
+                log.warning("worker lost Redis", exc_info=True)
+            if stop.is_set():
+                return
+            log.warning("rq worker stopped without a stop request (Redis unreachable?); starting a new one")
+            time.sleep(1.0)
+            _wait_for_redis(conn)
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            log.warning("second stop signal: leaving running jobs to the reaper")
+            os._exit(1)
+        log.info("stop requested: finishing running jobs", extra={"signal": signum})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    threads = [threading.Thread(target=loop, name=f"worker-{i}", daemon=True) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.5)  # in short waits, so the main thread gets to run the signal handlers
 
 
 def _wait_for_redis(conn: redis.Redis) -> None:

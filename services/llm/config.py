@@ -134,6 +134,14 @@ class LlmSettings(CommonSettings):
         "once (parallel slots, continuously batched); default from the core count (shared/cpu.py: 4 on 2 "
         "cores). llama-cpp-python's server always has one."
     )
+    llm_worker_jobs: int = Field(
+        default_factory=lambda data: 1 if data.get("llm_server_engine") == "llama-cpp-python"
+        else data.get("llm_server_slots", cpu.budget().llm_slots), ge=1,
+        description="Jobs one llm worker runs at once, each on its own thread. A job mostly waits on the LLM "
+        "server, so one per parallel slot lets the server batch that many replies; with one, callers queue "
+        "behind whole replies. Default: llm_server_slots (1 with llama-cpp-python's server). For a remote "
+        "server (VQ_LLM_BASE_URL), set it to the concurrency the provider allows.",
+    )
     llm_server_ctx: int = Field(
         4096, ge=256, description="Context window of one reply, in tokens (llama-server: of each slot)."
     )

@@ -15,7 +15,7 @@ SERVICE = Service("llm", tasks.load, tasks.work, tasks={
 
 def main() -> None:
     settings = LlmSettings()
-    serve(SERVICE, settings, settings.llm_metrics_port)
+    serve(SERVICE, settings, settings.llm_metrics_port, concurrency=settings.llm_worker_jobs)
 
 
 if __name__ == "__main__":

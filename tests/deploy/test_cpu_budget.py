@@ -62,11 +62,16 @@ def test_settings_default_to_the_budget_and_stay_settable(monkeypatch: pytest.Mo
     assert AsrSettings().asr_cpu_threads == here.asr_batch == cpu.cores()  # niced: it takes what live leaves
     assert TtsSettings().tts_cpu_threads == here.tts
     llm = LlmSettings()
-    assert (llm.llm_server_threads, llm.llm_server_slots, llm.llm_embed_threads) == (
-        here.llm_server, here.llm_slots, here.embeddings)
+    assert (llm.llm_server_threads, llm.llm_server_slots, llm.llm_embed_threads, llm.llm_worker_jobs) == (
+        here.llm_server, here.llm_slots, here.embeddings, here.llm_slots)
     monkeypatch.setenv("VQ_ASR_CPU_THREADS", "3")
     monkeypatch.setenv("VQ_LLM_SERVER_SLOTS", "6")
     assert AsrSettings().asr_cpu_threads == 3 and LlmSettings().llm_server_slots == 6
+    assert LlmSettings().llm_worker_jobs == 6  # a worker of a local server follows its slots
+    monkeypatch.setenv("VQ_LLM_SERVER_ENGINE", "llama-cpp-python")
+    assert LlmSettings().llm_worker_jobs == 1  # that server answers one request at a time
+    monkeypatch.setenv("VQ_LLM_WORKER_JOBS", "3")
+    assert LlmSettings().llm_worker_jobs == 3
 
 
 def check(name: str, env: dict[str, Any], limit: float) -> None:
@@ -108,3 +113,18 @@ def test_k8s_requests_equal_limits_equal_threads(overlay: str) -> None:
             assert cpus(c["resources"]["requests"]["cpu"]) == limit, f"{name}: request != limit"
         seen.add(service)
     assert seen == {"asr", "tts", "llm", "llm-server"}
+
+
+def test_compose_llm_worker_runs_one_job_per_server_slot() -> None:
+    """So that every slot can be decoding a reply (services/llm/config.py: llm_worker_jobs)."""
+    slots = SERVICES["llm-server"]["environment"]["VQ_LLM_SERVER_SLOTS"]
+    assert SERVICES["llm"]["environment"]["VQ_LLM_WORKER_JOBS"] == slots
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_llm_workers_run_one_job_per_server_slot(overlay: str) -> None:
+    env = {name: {e["name"]: e.get("value") for e in containers(dep)[0]["env"]}
+           for name, dep in objects(overlay, "Deployment").items()}
+    slots = env["llm-server"]["VQ_LLM_SERVER_SLOTS"]
+    pools = [name for name in env if name.startswith("llm-") and name != "llm-server"]
+    assert pools and all(env[name]["VQ_LLM_WORKER_JOBS"] == slots for name in pools), pools
