@@ -44,17 +44,18 @@ class Budget:
 def budget(n: int | None = None) -> Budget:
     """Default threads per engine for `n` cores (default: `cores()`).
 
-    The LLM server decodes for every live reply at once and is memory-bound, so it
-    gets every core; ASR runs one utterance at a time and gets half of them; TTS
-    (piper's onnxruntime) and sentence embeddings are short bursts and get one.
-    A batch-only ASR worker gets every core as well: it runs at nice 19 (or the
-    smallest cgroup weight), so it takes only what live work leaves idle, and a
-    recorded call decoded on half the cores of an idle node took 1.4x as long
-    (bench/batch.py).
+    The LLM server decodes for every live reply at once, so it gets every core. So
+    does ASR: a caller waits for the whole transcription before anything else can
+    start (on 2 cores, 0.63 s with both against 0.98 s with one), and at 4 callers
+    it cost nothing measurable once the LLM server stopped spinning
+    (`llm_server_spin`; docs/benchmarks.md, "CPU budget"). A batch-only ASR worker
+    runs at nice 19 (or the smallest cgroup weight), so it takes only what live
+    work leaves idle. TTS (piper's onnxruntime) and sentence embeddings are short
+    bursts and get one: piper on 2 threads cost 10% of the turns at 4 callers.
     Slots: on 2 cores 4 parallel sequences gave the most decode throughput
     (llama-batched-bench); more cores carry more."""
     n = cores() if n is None else max(1, n)
-    return Budget(asr=max(1, n // 2), asr_batch=n, llm_server=n, llm_slots=min(16, max(4, 2 * n)), tts=1, embeddings=1)
+    return Budget(asr=n, asr_batch=n, llm_server=n, llm_slots=min(16, max(4, 2 * n)), tts=1, embeddings=1)
 
 
 def _cgroup_quota() -> float | None:

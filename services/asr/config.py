@@ -111,9 +111,9 @@ class AsrSettings(CommonSettings):
     )
     asr_cpu_threads: int = Field(
         default_factory=lambda data: _default_threads(data.get("asr_worker_priorities", PRIORITIES)), ge=1,
-        description="Threads one transcription may use. Default, from the CPU budget (shared/cpu.py): half "
-        'the cores this process may use for a worker that takes live turns; every core for a ["batch"]-only '
-        "worker, which runs niced and so takes only what live work leaves idle.",
+        description="Threads one transcription may use. Default, from the CPU budget (shared/cpu.py): every "
+        "core this process may use (a caller waits for the whole transcription); a [\"batch\"]-only worker "
+        "runs niced, so it takes only what live work leaves idle.",
     )
     asr_worker_nice: int = Field(
         0,

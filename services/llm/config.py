@@ -134,6 +134,12 @@ class LlmSettings(CommonSettings):
         "once (parallel slots, continuously batched); default from the core count (shared/cpu.py: 4 on 2 "
         "cores). llama-cpp-python's server always has one."
     )
+    llm_server_spin: bool = Field(
+        False, description="Let the local server's threads spin while they wait for each other (OpenMP's "
+        "ACTIVE wait policy, its default). Alone on the machine that decodes ~7% faster; beside busy ASR and "
+        "TTS workers the spinning took the cores they needed, and 4 callers got ~20% fewer turns per second "
+        "(docs/benchmarks.md). Off: OMP_WAIT_POLICY=PASSIVE, unless that variable is set already.",
+    )
     llm_worker_jobs: int = Field(
         default_factory=lambda data: 1 if data.get("llm_server_engine") == "llama-cpp-python"
         else data.get("llm_server_slots", cpu.budget().llm_slots), ge=1,

@@ -103,6 +103,10 @@ def environment(settings: LlmSettings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k.upper() not in {"HOST", "PORT", "MODEL", "API_KEY", "LLAMA_API_KEY"}}
     env["LLAMA_API_KEY" if settings.llm_server_engine == "llama-server" else "API_KEY"] = key
+    if not settings.llm_server_spin:
+        # ggml's threads meet at a barrier after every operation, and OpenMP makes a thread that arrives early
+        # spin. On a node where ASR and TTS are computing too, that spinning is cores taken from them.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 

@@ -34,11 +34,11 @@ def cpus(value: str | float) -> float:
 
 def test_budget_splits_two_cores_without_the_llm_server_losing_any() -> None:
     two = cpu.budget(2)
-    assert (two.asr, two.asr_batch, two.llm_server, two.llm_slots, two.tts, two.embeddings) == (1, 2, 2, 4, 1, 1)
+    assert (two.asr, two.asr_batch, two.llm_server, two.llm_slots, two.tts, two.embeddings) == (2, 2, 2, 4, 1, 1)
     one = cpu.budget(1)
     assert min(one.asr, one.llm_server, one.llm_slots, one.tts, one.embeddings) >= 1
     eight = cpu.budget(8)
-    assert eight.asr == 4 and eight.llm_server == 8 and eight.llm_slots > two.llm_slots
+    assert eight.asr == 8 and eight.llm_server == 8 and eight.llm_slots > two.llm_slots
 
 
 def test_cores_follow_a_cgroup_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

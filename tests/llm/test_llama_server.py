@@ -46,6 +46,8 @@ def test_command_runs_parallel_slots_with_continuous_batching() -> None:
     assert flags["--alias"] == settings.llm_model
     env = server.environment(LlmSettings(llm_api_key="sk-secret-x"))
     assert env["LLAMA_API_KEY"] == "sk-secret-x" and "sk-secret-x" not in " ".join(argv)  # not in `ps`
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"  # no spinning beside ASR and TTS (llm_server_spin)
+    assert "OMP_WAIT_POLICY" not in server.environment(LlmSettings(llm_server_spin=True))
     missing = LlmSettings(llm_server_binary=Path("/nonexistent/llama-server"))
     with pytest.raises(FileNotFoundError, match="make llama-server"):
         server.command(missing)
