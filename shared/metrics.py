@@ -147,7 +147,8 @@ class WorkersCollector(Collector):
         from rq import Queue, Worker
 
         up = GaugeMetricFamily("voicequeue_redis_up", "1 when Redis answered the scrape's PING, else 0.")
-        workers = GaugeMetricFamily("voicequeue_workers", "rq workers registered per queue.", labels=["queue"])
+        workers = GaugeMetricFamily("voicequeue_workers", "rq workers registered per queue (an llm worker "
+                                    "registers one per job it runs at once).", labels=["queue"])
         try:
             self.conn.ping()
             for qname in self.queue_names:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from services.llm.config import LlmSettings
 from shared import queues
 from tests.deploy.conftest import DEPLOY, PROMETHEUS_DIR, WORKERS, Prometheus
 from tests.stack import Stack, free_port
@@ -100,9 +101,11 @@ def test_prometheus_sees_the_turn(turn: dict[str, Any], prometheus: Prometheus) 
     le_one = prometheus.value('sum(voicequeue_realtime_factor_bucket{stage="asr", le="1.0"})')
     assert le_one == 1.0
 
-    workers = prometheus.query("voicequeue_workers")
-    assert {s["metric"]["queue"] for s in workers} == set(queues.all_names())
-    assert all(float(s["value"][1]) == 1 for s in workers), workers
+    workers = {s["metric"]["queue"]: float(s["value"][1]) for s in prometheus.query("voicequeue_workers")}
+    assert set(workers) == set(queues.all_names())
+    # One process per stage; the llm one registers an rq worker per job it runs at once (one per slot).
+    jobs = LlmSettings().llm_worker_jobs
+    assert workers == {q: jobs if q.startswith("llm:") else 1 for q in workers}, workers
     assert prometheus.value("voicequeue_redis_up") == 1.0
     waits = prometheus.value('sum(voicequeue_queue_wait_seconds_count{priority="live"})')
     assert waits is not None and waits >= 3
