@@ -5,7 +5,10 @@ check runs on a connection WATCHing the queue; if anyone pushes or pops meanwhil
 the enqueue run again (`shared.queues.enqueue(admit=...)`), so the queue never passes its limit.
 
 A refusal's Retry-After is when room should appear: the jobs over the limit, times the recent
-median run time of the queue's jobs, shared among the workers taking from it.
+median run time of the queue's jobs, shared among the worker processes taking from it. A process
+counts once even when it runs several jobs at once (the llm worker, one per server slot): those jobs
+share one server, so they do not finish that many times as fast, and counting each would promise room
+sooner than it comes.
 """
 
 from __future__ import annotations
@@ -54,9 +57,14 @@ def retry_after_s(conn: redis.Redis, settings: GatewaySettings, queue: str, dept
     if per_job is None:
         per_job = float(settings.queue_full_retry_after_s)
     # No worker on the queue (one restarting): count one, as /readyz already reports the gap.
-    workers = max(1, Worker.count(connection=conn, queue=Queue(queue, connection=conn)))
+    workers = max(1, processes(conn, queue))
     seconds = (depth - most + 1) * per_job / workers
     return max(1, min(settings.queue_full_retry_after_max_s, math.ceil(seconds)))
+
+
+def processes(conn: redis.Redis, queue: str) -> int:
+    """Worker processes taking from `queue`: rq workers, with those of one process (threads) counted once."""
+    return len({(w.hostname, w.pid) for w in Worker.all(connection=conn, queue=Queue(queue, connection=conn))})
 
 
 def refusal(conn: redis.Redis, settings: GatewaySettings, full: QueueFull) -> ApiError:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import redis
 
+from services.llm.config import LlmSettings
 from shared import run_times
 from tests.conftest import running_redis
 from tests.gateway.helpers import read_sse
@@ -101,9 +102,14 @@ def test_a_refusal_retry_after_honoured_gets_the_turn_accepted(draining: Stack, 
     import time
 
     with httpx.Client(base_url=draining.base_url, timeout=120) as c:
-        for i in range(2):  # some recent run times to estimate from
-            links = c.post("/v1/chat", json={"text": f"Say hello number {i}.", "speak": False}).json()
-            assert read_sse(c, links["events_url"])[-1]["event"] == "job.done"
+        # Some recent run times to estimate from, taken as the refused turns will run: as many at once as the
+        # worker runs (one per server slot). A job run alone is faster, and the estimate would be too short.
+        first = []
+        for i in range(LlmSettings().llm_worker_jobs):
+            r = c.post("/v1/chat", json={"text": f"Say hello number {i}.", "speak": False})
+            assert r.status_code == 202, r.text  # the worker takes each at once: the queue stays empty
+            first.append(r.json())
+        assert all(read_sse(c, links["events_url"])[-1]["event"] == "job.done" for links in first)
         honoured, waits = 0, []
         for i in range(2):
             refused = None
