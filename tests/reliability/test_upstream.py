@@ -55,6 +55,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeOpenAI, edge: Fake
         "VQ_RETRY_BACKOFF_S": "0.2",
         "VQ_RETRY_BACKOFF_MAX_S": "2",
         "VQ_TTS_EDGE_RETRY_TOTAL_S": "3",
+        # One llm job at a time, so that the fake's alternating answers meet each job in turn (the cases count
+        # 429s per job and the gaps between a job's calls).
+        "VQ_LLM_WORKER_JOBS": "1",
     }
     try:
         yield s.start(llm_base_url=fake.base_url, extra_env=env)
