@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import started_stack
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.stack import RedisServer, Stack
+from tests.stack import Stack
 
 JOBS = 3
 DELAY_S = 2.0
@@ -31,14 +32,9 @@ def fake() -> Iterator[FakeOpenAI]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeOpenAI) -> Iterator[Stack]:
-    server = RedisServer(tmp_path_factory.mktemp("jobs-redis")).start()
-    s = Stack(server.url, tmp_path_factory.mktemp("jobs-logs"))
     env = {"VQ_LLM_ANSWER_CACHE": "false", "VQ_LLM_FAQ_PARAPHRASE": "false", "VQ_LLM_WORKER_JOBS": str(JOBS)}
-    try:
-        yield s.start(llm_base_url=fake.base_url, extra_env=env)
-    finally:
-        s.stop()
-        server.stop()
+    with started_stack(tmp_path_factory, "jobs", fake.base_url, env) as s:
+        yield s
 
 
 @pytest.fixture
