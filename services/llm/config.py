@@ -155,6 +155,13 @@ class LlmSettings(CommonSettings):
         True, description="At start, run the call-analysis JSON-schema path once and put the system prompt "
         "into every slot's cache, so the first callers and the first analysis do not pay for it."
     )
+    llm_server_slot_dir: Path | None = Field(
+        None, description="Where llama-server keeps the warmed system-prompt prefix (one file per model and "
+        "prompt, no caller's words), so every slot is filled from it in milliseconds instead of each "
+        "prefilling it: at start, and after a restart when the callers cut off are waiting. It must outlive the "
+        "server process (a k8s emptyDir does). Default: voicequeue-llm-slots-<uid> in the system temp "
+        "directory; if it cannot be created, each slot prefills the prompt itself."
+    )
     llm_server_model_path: Path | None = Field(
         None, description="GGUF model for the local server; default: the bundled Qwen2.5-Coder-1.5B-Instruct Q4."
     )

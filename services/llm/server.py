@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from services.llm import warmup
@@ -37,6 +38,26 @@ def threads(settings: LlmSettings) -> int:
 
 def slots(settings: LlmSettings) -> int:
     return 1 if settings.llm_server_engine == "llama-cpp-python" else settings.llm_server_slots
+
+
+def slot_dir(settings: LlmSettings) -> Path | None:
+    """The directory llama-server saves and restores slots in, created private; None if it cannot be."""
+    path = settings.llm_server_slot_dir or Path(tempfile.gettempdir()) / f"voicequeue-llm-slots-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        logging.getLogger(__name__).warning("no slot directory: each slot will prefill the system prompt",
+                                            extra={"path": str(path), "error": repr(exc)})
+        return None
+    return path
+
+
+def saved_prefixes(settings: LlmSettings) -> warmup.SavedPrefixes | None:
+    directory = slot_dir(settings)
+    if directory is None:
+        return None
+    model = model_path(settings).resolve()
+    return warmup.SavedPrefixes(directory, f"{model} {model.stat().st_size} {binary(settings).resolve()}")
 
 
 def command(settings: LlmSettings) -> list[str]:
@@ -73,6 +94,8 @@ def llama_server_command(settings: LlmSettings) -> list[str]:
         "--no-slots",
         # Request counts only (behind the API key): the warm-up waits for an idle server (services.llm.warmup).
         "--metrics",
+        # The warm-up saves one slot's system-prompt prefix here and restores it into the others.
+        *(["--slot-save-path", str(saved)] if (saved := slot_dir(s)) else []),
     ]
 
 
@@ -122,7 +145,7 @@ def main() -> None:
     after = None
     if settings.llm_server_warm and settings.llm_server_engine == "llama-server":
         def after() -> None:
-            warmup.run(settings, slots(settings), proc)
+            warmup.run(settings, slots(settings), proc, saved_prefixes(settings))
     sys.exit(child.supervise(proc, after))
 
 

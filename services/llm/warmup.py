@@ -19,16 +19,29 @@ request processing or deferred), and one in progress is cancelled, by dropping
 its connection, as soon as another request arrives. A prefill batch cannot be
 interrupted: whole, a 118-token prompt held a caller back 5.9 s on a loaded
 machine; a piece holds one back a fraction of that.
+
+With `--slot-save-path`, the chat prefix is prefilled into one slot only,
+saved to a file (named by the model, the server build and the prefix's
+tokens), and restored into the other slots, which takes milliseconds. A
+restarted server finds the file and restores every slot at once, without
+waiting for the callers: after a crash the cut-off replies came back to four
+cold slots and prefilled the prompt four times over, which on a loaded machine
+held them up ~25 s (tests/reliability/test_up_supervision.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import os
 import subprocess
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -59,18 +72,46 @@ def base_url(settings: LlmSettings) -> str:
     return f"http://{host}:{settings.llm_server_port}"
 
 
+@dataclass(frozen=True)
+class SavedPrefixes:
+    """Slot prefixes llama-server saved in `directory` (its `--slot-save-path`), one file per prompt (the
+    messages and tools a prefix is made of). `server` names the model and the build: a file saved by another
+    cannot be restored into this one. Named by the prompt, not its tokens, so that a restarted server's
+    slots can be filled before anything else reaches it, without asking it to tokenize first."""
+
+    directory: Path
+    server: str
+
+    def name(self, prompt: Any) -> str:
+        digest = hashlib.sha256(json.dumps([self.server, prompt], sort_keys=True).encode()).hexdigest()
+        return f"prefix-{digest[:32]}.bin"
+
+    def has(self, prompt: Any) -> bool:
+        return (self.directory / self.name(prompt)).is_file()
+
+    def forget(self, prompt: Any) -> None:
+        (self.directory / self.name(prompt)).unlink(missing_ok=True)
+
+
 def run(settings: LlmSettings, slots: int, proc: subprocess.Popen[bytes] | None = None,
-        timeout_s: float = 600.0) -> dict[str, float]:
+        saved: SavedPrefixes | None = None, timeout_s: float = 600.0) -> dict[str, float]:
     """Wait for the model to load, then warm; the seconds each part took (logged). Never raises: a server
     that does not come up is the supervisor's business."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per /health poll
     url = base_url(settings)
     headers = {"Authorization": f"Bearer {settings.llm_api_key.get_secret_value()}"}
+    chat = chat_prompt(settings)
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=timeout_s) as client:
             if not wait_ready(client, proc, timeout_s):
                 return {}
-        took = asyncio.run(_warm(url, headers, settings, slots, timeout_s))
+            start = time.monotonic()
+            filled = saved is not None and saved.has(chat) and restore_now(client, saved.name(chat), slots)
+            early = {f"slot{n}_s": round(time.monotonic() - start, 3) for n in range(slots)} if filled else {}
+        if filled:
+            log.info("slots filled from the saved prefix", extra={"slots": list(range(slots)),
+                                                                  "seconds": early["slot0_s"]})
+        took = asyncio.run(_warm(url, headers, settings, slots, saved, timeout_s, early))
     except (httpx.HTTPError, TimeoutError, KeyError, ValueError) as exc:  # a server build without an endpoint
         log.warning("warm-up failed", extra={"error": repr(exc)})
         return {}
@@ -78,37 +119,92 @@ def run(settings: LlmSettings, slots: int, proc: subprocess.Popen[bytes] | None 
     return took
 
 
+def restore_now(client: httpx.Client, name: str, slots: int) -> bool:
+    """Every slot from the saved prefix `name`, all at once, the moment the model has loaded: a caller's
+    request that got in first would prefill its slot cold, and the restores would wait behind that batch."""
+    def one(slot: int) -> bool:
+        r = client.post(f"/slots/{slot}", params={"action": "restore"}, json={"filename": name})
+        return r.status_code == 200 and r.json().get("n_restored", 0) > 0
+    with ThreadPoolExecutor(slots) as pool:
+        return all(pool.map(one, range(slots)))
+
+
 async def _warm(url: str, headers: dict[str, str], settings: LlmSettings, slots: int,
-                timeout_s: float) -> dict[str, float]:
-    chat = chat_messages(settings)
+                saved: SavedPrefixes | None, timeout_s: float, early: dict[str, float]) -> dict[str, float]:
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout_s) as client:
-        warmer = Warmer(client, time.monotonic() + timeout_s)
-        for slot in range(slots):
-            await warmer.prefill(f"slot{slot}", chat, slot, chat_tools(settings))
-        # The analysis prompt on the last slot, then its grammar once; that slot's chat prefix comes back
-        # from the server's RAM cache (--cache-ram) or is prefilled again.
+        warmer = Warmer(client, time.monotonic() + timeout_s, saved)
+        chat = chat_prompt(settings)
+        tokens = await prefix_tokens(client, *chat)
+        if early:
+            warmer.took.update(early, restored=slots)
+        else:
+            await warmer.fill(chat, tokens, range(slots))
+        # The analysis prompt on the last slot, then its grammar once; then that slot's chat prefix again.
         start = time.monotonic()
-        await warmer.prefill("analysis_prefix", analysis_messages(settings), slots - 1)
+        await warmer.prefill("analysis_prefix", await prefix_tokens(client, analysis_messages(settings)), slots - 1)
         await warmer.when_idle(grammar_step(settings, slots - 1))
         warmer.took["grammar_s"] = round(time.monotonic() - start, 3)
-        await warmer.prefill(f"slot{slots - 1}_again", chat, slots - 1, chat_tools(settings))
+        await warmer.fill(chat, tokens, [slots - 1], "_again")
     return warmer.took
 
 
 class Warmer:
     """Runs warm-up requests only while the server has no one else to serve."""
 
-    def __init__(self, client: httpx.AsyncClient, deadline: float) -> None:
-        self.client, self.deadline = client, deadline
-        self.took: dict[str, float] = {"yields": 0}
+    def __init__(self, client: httpx.AsyncClient, deadline: float, saved: SavedPrefixes | None = None) -> None:
+        self.client, self.deadline, self.saved = client, deadline, saved
+        self.took: dict[str, float] = {"yields": 0, "restored": 0}
         # When a request not ours was last seen; callers of a restarted server come back within a second.
         self.others_seen_at = time.monotonic()
 
-    async def prefill(self, name: str, messages: list[dict[str, str]], slot: int,
-                      tools: list[dict[str, Any]] | None = None) -> None:
-        """The prefix every request starting with `messages` shares, into `slot`, a piece at a time."""
+    async def fill(self, prompt: Any, tokens: list[int], slots: Sequence[int], suffix: str = "") -> None:
+        """The prefix `tokens` of `prompt` into `slots`: restored from its saved copy (saved from the first slot
+        if there is none yet), or else prefilled in each."""
+        rest = list(slots)
+        if self.saved is not None and rest and not self.saved.has(prompt):
+            await self.prefill(f"slot{rest[0]}{suffix}", tokens, rest[0])
+            if await self.save(prompt, tokens, rest[0]):
+                rest = rest[1:]
         start = time.monotonic()
-        tokens = await prefix_tokens(self.client, messages, tools)
+        if self.saved is not None and self.saved.has(prompt):
+            if await self.restore(self.saved.name(prompt), tokens, rest):
+                took = round(time.monotonic() - start, 3)
+                for slot in rest:
+                    self.took[f"slot{slot}{suffix}_s"] = took
+                self.took["restored"] += len(rest)
+                log.info("slots filled from the saved prefix", extra={"slots": rest, "seconds": took})
+                return
+            log.warning("saved prefix could not be restored; prefilling", extra={"file": self.saved.name(prompt)})
+            self.saved.forget(prompt)
+        for slot in rest:
+            await self.prefill(f"slot{slot}{suffix}", tokens, slot)
+
+    async def save(self, prompt: Any, tokens: list[int], slot: int) -> bool:
+        """Save `slot` if it holds exactly `tokens`. A caller may have taken the slot since its prefill (the
+        server gives a request the slot with the longest matching prefix); the save then waits for the reply
+        and finds more tokens, and the file, which holds the caller's words, is deleted unused."""
+        assert self.saved is not None
+        name = self.saved.name(prompt)
+        part = f"{name}.{os.getpid()}.part"
+        r = await self.client.post(f"/slots/{slot}", params={"action": "save"}, json={"filename": part})
+        path = self.saved.directory / part
+        if r.status_code == 200 and r.json().get("n_saved") == len(tokens):
+            path.replace(self.saved.directory / name)  # whole or absent, for a server starting beside us
+            return True
+        path.unlink(missing_ok=True)
+        log.info("slot not saved", extra={"status": r.status_code, "answer": r.text[:200]})
+        return False
+
+    async def restore(self, name: str, tokens: list[int], slots: Sequence[int]) -> bool:
+        """Every slot in `slots` from the saved prefix, at once: milliseconds each, so it need not wait for an
+        idle server (a busy slot takes it when its reply is done)."""
+        answers = await asyncio.gather(*(self.client.post(f"/slots/{slot}", params={"action": "restore"},
+                                                          json={"filename": name}) for slot in slots))
+        return all(r.status_code == 200 and r.json().get("n_restored") == len(tokens) for r in answers)
+
+    async def prefill(self, name: str, tokens: list[int], slot: int) -> None:
+        """`tokens` into `slot`, a piece at a time."""
+        start = time.monotonic()
         for end in range(min(CHUNK_TOKENS, len(tokens)), len(tokens) + CHUNK_TOKENS, CHUNK_TOKENS):
             await self.when_idle(completion_step(tokens[:end], slot))
         self.took[f"{name}_s"] = round(time.monotonic() - start, 3)
@@ -171,7 +267,8 @@ def wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes] | None, timeo
                 return True
         except httpx.HTTPError:
             pass
-        time.sleep(0.3)
+        # Often: the restores should reach the slots before the callers a restart cut off (they poll at 0.5 s).
+        time.sleep(0.02)
     return False
 
 
@@ -190,6 +287,11 @@ def chat_messages(settings: LlmSettings) -> list[dict[str, str]]:
 def chat_tools(settings: LlmSettings) -> list[dict[str, Any]] | None:
     """The built-in tools: the template writes them into the system turn, so they are part of the prefix."""
     return actions.specs([]) if settings.llm_tools and settings.llm_tool_mode == "native" else None
+
+
+def chat_prompt(settings: LlmSettings) -> tuple[list[dict[str, str]], list[dict[str, Any]] | None]:
+    """What the chat prefix is made of: the system message and the tools."""
+    return chat_messages(settings), chat_tools(settings)
 
 
 def analysis_messages(settings: LlmSettings) -> list[dict[str, str]]:

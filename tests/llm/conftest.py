@@ -46,9 +46,9 @@ def wait_warm(proc: subprocess.Popen[bytes], log_path: Any, timeout_s: float = 3
 
 
 @contextlib.contextmanager
-def warm_server(log_path: Any) -> Iterator[str]:
+def warm_server(log_path: Any, **env: str) -> Iterator[str]:
     """A fresh `voicequeue llm-server`, once its warm-up is done; yields its base URL (…/v1)."""
-    proc, base_url = start_server(log_path)
+    proc, base_url = start_server(log_path, **env)
     try:
         _wait_models(base_url, proc, log_path, timeout_s=180)
         wait_warm(proc, log_path)

@@ -3,6 +3,7 @@ the call-analysis schema path, logs through the privacy filter, signals passed o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -52,6 +53,10 @@ def test_command_runs_parallel_slots_with_continuous_batching(monkeypatch: pytes
     assert "OMP_WAIT_POLICY" not in server.environment(LlmSettings(llm_server_spin=True))
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the operator's own choice stands
     assert server.environment(LlmSettings())["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert Path(argv[argv.index("--slot-save-path") + 1]) == server.slot_dir(settings)  # created, private
+    assert (server.slot_dir(settings) or Path("/")).stat().st_mode & 0o077 == 0
+    # Nowhere to save: the flag is left out and each slot prefills the prompt, as before.
+    assert "--slot-save-path" not in server.llama_server_command(LlmSettings(llm_server_slot_dir=Path("/proc/x")))
     missing = LlmSettings(llm_server_binary=Path("/nonexistent/llama-server"))
     with pytest.raises(FileNotFoundError, match="make llama-server"):
         server.command(missing)
@@ -141,7 +146,7 @@ def test_warm_up_waits_for_callers_and_still_warms_every_slot(tmp_path: Path) ->
     """A restarted server has callers waiting (the workers retry as soon as it answers): the warm-up must
     not compete with them, so it finishes only after they stop, and then every step has run."""
     log_path = tmp_path / "server.log"
-    proc, base_url = start_server(log_path)
+    proc, base_url = start_server(log_path, VQ_LLM_SERVER_SLOT_DIR=str(tmp_path / "slots"))  # nothing saved yet
     try:
         _wait_models(base_url, proc, log_path, timeout_s=180)
         stop = time.monotonic() + 25
@@ -178,3 +183,71 @@ def test_warm_up_waits_for_callers_and_still_warms_every_slot(tmp_path: Path) ->
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def log_records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def test_a_restarted_server_fills_every_slot_from_the_saved_prefix(tmp_path: Path) -> None:
+    """The first start prefills one slot and saves it; a restart restores every slot at once, as soon as the
+    model is loaded, so callers a crash cut off do not each prefill the system prompt again."""
+    slot_dir = tmp_path / "slots"
+    with warm_server(tmp_path / "first.log", VQ_LLM_SERVER_SLOT_DIR=str(slot_dir)):
+        pass
+    (saved,) = slot_dir.iterdir()  # one prefix, no leftover parts
+    assert saved.name.startswith("prefix-") and saved.suffix == ".bin"
+    first = next(r for r in log_records(tmp_path / "first.log") if r["msg"] == "llm server warm")
+    slots = LlmSettings().llm_server_slots
+    assert first["restored"] == slots, first  # the other slots and the last one after the analysis
+
+    log_path = tmp_path / "second.log"
+    with warm_server(log_path, VQ_LLM_SERVER_SLOT_DIR=str(slot_dir)) as base_url:
+        records = log_records(log_path)
+        loaded = next(r["ts"] for r in records if "model loaded" in r["msg"])
+        filled = next(r for r in records if r["msg"] == "slots filled from the saved prefix")
+        assert filled["slots"] == list(range(slots)) and filled["ts"] - loaded < 2.0, (filled, loaded)
+        warm = next(r for r in records if r["msg"] == "llm server warm")
+        assert warm["restored"] == slots + 1 and all(warm[f"slot{n}_s"] < 1.0 for n in range(slots)), warm
+        results: list[dict[str, Any]] = []
+        threads = [threading.Thread(target=lambda q=q: results.append(chat(base_url, q))) for q in QUESTIONS[:slots]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert len(results) == slots
+        for r in results:
+            total, fresh = r["usage"]["prompt_tokens"], r["timings"]["prompt_n"]
+            assert total > 100 and fresh < 30, f"{fresh} of {total} prompt tokens prefilled: slot was cold"
+
+
+def test_a_slot_a_caller_took_is_never_saved(llm_server: str, tmp_path: Path) -> None:
+    """The warm-up saves its slot right after prefilling it, but a caller may have taken the slot in between:
+    then what the slot holds is the caller's conversation, and no file of it may stay behind."""
+    directory = server.slot_dir(LlmSettings())  # the session server's
+    assert directory is not None
+    saved = warmup.SavedPrefixes(directory, f"test {tmp_path}")
+    root = llm_server.removesuffix("/v1")
+
+    before = set(saved.directory.iterdir())
+
+    async def go() -> tuple[bool, bool, dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=root, headers={"Authorization": f"Bearer {API_KEY}"},
+                                     timeout=300) as client:
+            warmer = warmup.Warmer(client, time.monotonic() + 300, saved)
+            tokens = await warmup.prefix_tokens(client, *prompt)
+            await warmup.completion_step(tokens, 0)(client)
+            chat(llm_server, "My phone number is 415 555 0123.", id_slot=0)  # a caller takes the slot
+            taken = await warmer.save(prompt, tokens, 0)
+            assert set(saved.directory.iterdir()) == before  # neither the file nor its part
+            await warmup.completion_step(tokens, 0)(client)
+            kept = await warmer.save(prompt, tokens, 0) and await warmer.restore(saved.name(prompt), tokens, [1])
+            return taken, kept, chat(llm_server, QUESTIONS[0], id_slot=1)
+    prompt = ([{"role": "system", "content": SYSTEM_PROMPT}], None)
+    taken, kept, reply = asyncio.run(go())
+    try:
+        assert not taken
+        assert set(saved.directory.iterdir()) - before == {saved.directory / saved.name(prompt)}
+        assert kept and reply["timings"]["prompt_n"] < 30, reply["timings"]  # restored, then reused
+    finally:
+        saved.forget(prompt)
