@@ -133,13 +133,16 @@ def test_always_500_fails_the_job_in_bounded_time(conn: redis.Redis, redis_url: 
 
 
 def test_a_restarting_local_server_is_waited_for(conn: redis.Redis, redis_url: str) -> None:
-    """llama.cpp answers 503 "Loading model" while a supervised restart loads it: past the retries, the stage
-    waits until the server answers and tries again instead of failing the turn."""
+    """llama.cpp answers 503 "Loading model" while a supervised restart loads it: instead of failing the turn
+    (or backing off), the stage waits until the server answers and asks again, each time it says so."""
     loading = [Fail(503, message="Loading model") for _ in range(5)]
     with FakeOpenAI(script=loading, default=Reply("Back again.")) as fake:
         job_id = text_job(conn, "hello")
+        start = time.monotonic()
         record = run_llm(conn, settings_for(fake.base_url, redis_url, llm_restart_wait_s=10), job_id)
-        assert len(fake.chat_requests) == 6  # three attempts, the wait, three more
+        models = [r for r in fake.requests if r.path.rstrip("/").endswith("/models")]
+        assert len(fake.chat_requests) == 6 and len(models) == 5  # a wait after each "Loading"
+        assert time.monotonic() - start < 5  # no backoff steps (0.5 + 1 + 2 + ...), a settle of 0.25 s each
     assert record["status"] == "done" and record["results"]["llm"]["text"] == "Back again."
 
 

@@ -39,6 +39,12 @@ PLACEHOLDER_NOTE = ("Personal details in this conversation were replaced by plac
                     "write a placeholder in your answer: say \"the number you gave\" or \"your email\" instead.")
 
 
+# A restarted `voicequeue llm-server` fills its slots from the saved prompt prefix within milliseconds of
+# answering (services/llm/warmup.py). A request that got in first would find a cold slot and prefill the
+# system prompt alone, and on a loaded machine that batch held the server, and the restores, for 15 s.
+RESTART_SETTLE_S = 0.25
+
+
 def classify(exc: BaseException) -> Retryable | UpstreamError | None:
     """Retry 429, 408, 5xx, timeouts and connection errors; refuse other 4xx; leave other errors alone."""
     if isinstance(exc, openai.APITimeoutError):
@@ -59,11 +65,25 @@ def classify(exc: BaseException) -> Retryable | UpstreamError | None:
 
 
 def restarting(exc: UpstreamError) -> bool:
-    """The retries ran out because the server is gone or loading its model (llama.cpp answers 503 "Loading
-    model" until it has), not because it refused or failed: what a crashed server being restarted looks like."""
+    """The retries ran out because the server is gone, or it answered that it is loading its model (llama.cpp
+    answers 503 "Loading model" until it has): what a crashed server being restarted looks like."""
     cause = exc.__cause__
+    if isinstance(cause, openai.APIStatusError):
+        return loading(cause)
     return isinstance(cause, Retryable) and (
         cause.cause == "connection" or (cause.cause == "5xx" and "loading model" in cause.detail.lower()))
+
+
+def loading(exc: BaseException) -> bool:
+    return isinstance(exc, openai.APIStatusError) and exc.status_code == 503 and "loading model" in exc.message.lower()
+
+
+def classify_waiting(exc: BaseException) -> Retryable | UpstreamError | None:
+    """`classify`, except that a server loading its model is not retried with backoff: the stage waits for it
+    (`wait_until_up`), so it comes back the moment the server is ready, not up to a backoff step later."""
+    if loading(exc):
+        return UpstreamError("upstream_unavailable", "the LLM server is loading its model")
+    return classify(exc)
 
 
 def redacts(settings: LlmSettings) -> bool:
@@ -121,25 +141,30 @@ class OpenAICompatEngine:
         return time.perf_counter() - start
 
     def _call(self, attempt: Callable[[], T]) -> T:
-        """`attempt` with retries; if they ran out while a local server restarts, once more when it is back."""
-        try:
+        """`attempt` with retries; while a local server restarts, again each time it is back (for up to
+        `llm_restart_wait_s`)."""
+        if not self.waits_for_restarts:
             return retry.call(attempt, service=SERVICE, settings=self.settings, classify=classify)
-        except UpstreamError as exc:
-            if not (restarting(exc) and self.waits_for_restarts and self.wait_until_up()):
-                raise
-            log.warning("LLM server is back after a restart; trying again", extra={"error": exc.message})
-            return retry.call(attempt, service=SERVICE, settings=self.settings, classify=classify)
+        deadline = time.monotonic() + self.settings.llm_restart_wait_s
+        while True:
+            try:
+                return retry.call(attempt, service=SERVICE, settings=self.settings, classify=classify_waiting)
+            except UpstreamError as exc:
+                if not (restarting(exc) and self.wait_until_up(deadline)):
+                    raise
+                log.warning("LLM server is back after a restart; trying again", extra={"error": exc.message})
 
     @property
     def waits_for_restarts(self) -> bool:
         return self.settings.llm_restart_wait_s > 0 and redact.is_local_url(self.settings.llm_base_url)
 
-    def wait_until_up(self) -> bool:
-        """Poll the model list until it answers, for up to `llm_restart_wait_s`."""
-        deadline = time.monotonic() + self.settings.llm_restart_wait_s
+    def wait_until_up(self, deadline: float) -> bool:
+        """Poll the model list until it answers (False if `deadline` passes first), then give the server
+        `RESTART_SETTLE_S`."""
         while time.monotonic() < deadline:
             try:
                 self.check()
+                time.sleep(RESTART_SETTLE_S)
                 return True
             except openai.OpenAIError:
                 time.sleep(0.5)
