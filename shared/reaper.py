@@ -14,6 +14,14 @@ the same job, one wins and the other's transaction is refused, so a job is
 never enqueued twice; a reaper killed halfway changes nothing. The stage then
 re-runs as a new attempt (`shared.stage` counts them against the budget).
 
+A job can also be lost one step earlier. A worker takes a job by moving its id
+to the queue's intermediate list, then puts it in the registry; if the worker
+never hears the move's answer (Redis shut down or the connection broke right
+then) the job sits in that list, in no registry, and would never run. rq's own
+maintenance fails such a job after a minute, at its next pass (every 10 min).
+The reaper puts it back at the front of its queue once it has been there
+`STRANDED_S` (`stranded`, `rescue`).
+
 The same tick re-queues webhook deliveries whose next attempt is due
 (`shared.webhooks.release_due`): workers run no rq scheduler, and a delivery
 must not hold a worker while it waits.
@@ -31,6 +39,7 @@ import redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.executions import Execution, ExecutionRegistry
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
@@ -88,10 +97,65 @@ def requeue(conn: redis.Redis, queue_name: str, entry: str) -> bool:
     return transaction(conn, take, registry.key)
 
 
+# A worker registers a job it took within milliseconds; one still unregistered after this was lost on the way.
+STRANDED_S = 10.0
+
+
+def stranded(conn: redis.Redis, queue_name: str, now: float | None = None) -> list[str]:
+    """Job ids in `queue_name`'s intermediate list, not started, first seen there `STRANDED_S` ago or more
+    (the first sighting is noted in Redis, where every worker's reaper sees it)."""
+    intermediate = IntermediateQueue(Queue(queue_name, connection=conn).key, connection=conn)
+    ids = intermediate.get_job_ids()
+    if not ids:
+        return []
+    started = set(StartedJobRegistry(queue_name, connection=conn).get_job_ids(cleanup=False))
+    current = time.time() if now is None else now
+    out = []
+    for job_id in ids:
+        if job_id in started or intermediate.set_first_seen(job_id):
+            continue
+        first = intermediate.get_first_seen(job_id)
+        if first is not None and current - first.timestamp() >= STRANDED_S:
+            out.append(job_id)
+    return out
+
+
+def rescue(conn: redis.Redis, queue_name: str, job_id: str) -> bool:
+    """Take `job_id` out of the intermediate list and, if it is still waiting to run and in no queue, put it
+    back at the front of its queue. True if this call requeued it."""
+    queue = Queue(queue_name, connection=conn)
+    intermediate = IntermediateQueue(queue.key, connection=conn)
+
+    def take(pipe: redis.client.Pipeline) -> bool:
+        if pipe.lpos(intermediate.key, job_id) is None:
+            return False  # another reaper got there first, or its worker caught up
+        try:
+            job: Job | None = Job.fetch(job_id, connection=conn)
+        except NoSuchJobError:
+            job = None
+        queued = pipe.lpos(queue.key, job_id) is not None
+        lost = job is not None and job.get_status(refresh=False) == JobStatus.QUEUED and not queued
+        pipe.multi()
+        pipe.lrem(intermediate.key, 1, job_id)
+        pipe.delete(intermediate.get_first_seen_key(job_id))
+        if lost:
+            assert job is not None
+            queue.enqueue_job(job, pipeline=pipe, at_front=True)
+        return lost
+
+    return transaction(conn, take, intermediate.key, queue.key)
+
+
 def sweep(conn: redis.Redis, queue_names: Sequence[str]) -> list[str]:
-    """Requeue every abandoned job of these queues; returns the rq job ids requeued."""
+    """Requeue every abandoned or stranded job of these queues; returns the rq job ids requeued."""
     requeued = []
     for queue_name in queue_names:
+        for job_id in stranded(conn, queue_name):
+            if rescue(conn, queue_name, job_id):
+                requeued.append(job_id)
+                metrics.inc(metrics.REQUEUED, queue=queue_name)
+                log.warning("requeued a job lost between dequeue and start",
+                            extra={"rq_job_id": job_id, "queue": queue_name})
         for entry in abandoned(conn, queue_name):
             if requeue(conn, queue_name, entry):
                 job_id = StartedJobRegistry.parse_job_id(entry)
