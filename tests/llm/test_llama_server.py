@@ -63,6 +63,20 @@ def test_command_runs_parallel_slots_with_continuous_batching(monkeypatch: pytes
     assert server.command(LlmSettings(llm_server_engine="llama-cpp-python"))[1:3] == ["-m", "llama_cpp.server"]
 
 
+def assert_every_slot_warm(base_url: str, slots: int) -> None:
+    """As many concurrent chats as slots: each finds the system prompt cached (only its question prefilled)."""
+    results: list[dict[str, Any]] = []
+    threads = [threading.Thread(target=lambda q=q: results.append(chat(base_url, q))) for q in QUESTIONS[:slots]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert len(results) == slots
+    for r in results:
+        total, fresh = r["usage"]["prompt_tokens"], r["timings"]["prompt_n"]
+        assert total > 100 and fresh < 30, f"{fresh} of {total} prompt tokens prefilled: slot was cold"
+
+
 @pytest.fixture
 def fresh_server(tmp_path: Path) -> Iterator[str]:
     """A server only this test uses: the session's shared one has served other tests' prompts by then."""
@@ -87,17 +101,7 @@ def test_every_slot_starts_warm_even_after_an_analysis(fresh_server: str) -> Non
     parsed = analysis.parse(grammar.json()["choices"][0]["message"]["content"], speakers)  # the grammar held
     assert parsed.sentiment.keys() == {"agent", "customer"}
 
-    slots = LlmSettings().llm_server_slots
-    results: list[dict[str, Any]] = []
-    threads = [threading.Thread(target=lambda q=q: results.append(chat(fresh_server, q))) for q in QUESTIONS[:slots]]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    assert len(results) == slots
-    for r in results:
-        total, fresh = r["usage"]["prompt_tokens"], r["timings"]["prompt_n"]
-        assert total > 100 and fresh < 30, f"{fresh} of {total} prompt tokens prefilled: slot was cold"
+    assert_every_slot_warm(fresh_server, LlmSettings().llm_server_slots)
 
 
 def test_logs_are_filtered_and_signals_reach_the_child(tmp_path: Path) -> None:
@@ -209,16 +213,7 @@ def test_a_restarted_server_fills_every_slot_from_the_saved_prefix(tmp_path: Pat
         assert filled["slots"] == list(range(slots)) and filled["ts"] - loaded < 2.0, (filled, loaded)
         warm = next(r for r in records if r["msg"] == "llm server warm")
         assert warm["restored"] == slots + 1 and all(warm[f"slot{n}_s"] < 1.0 for n in range(slots)), warm
-        results: list[dict[str, Any]] = []
-        threads = [threading.Thread(target=lambda q=q: results.append(chat(base_url, q))) for q in QUESTIONS[:slots]]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
-        assert len(results) == slots
-        for r in results:
-            total, fresh = r["usage"]["prompt_tokens"], r["timings"]["prompt_n"]
-            assert total > 100 and fresh < 30, f"{fresh} of {total} prompt tokens prefilled: slot was cold"
+        assert_every_slot_warm(base_url, slots)
 
 
 def test_a_slot_a_caller_took_is_never_saved(llm_server: str, tmp_path: Path) -> None:
