@@ -25,7 +25,9 @@ with a deadline `worker_dead_after_s` ahead (rq adds 60 s to its own), and every
 a `shared.reaper.Reaper` thread that requeues jobs past their deadline, whichever stage they
 belong to. A forked job process dies with its parent (PR_SET_PDEATHSIG): without the parent
 nobody heartbeats it, so it would be re-run anyway. A worker whose Redis goes away does not
-exit: `serve` starts a new rq worker once Redis answers again.
+exit: `serve` starts a new rq worker once Redis answers again. Jobs are taken with an atomic move into
+the queue's intermediate list (`shared.dequeue`), so a take whose reply was lost leaves the job where the
+reaper finds it.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from rq.worker import BaseWorker, WorkerStatus
 from shared import logs, metrics, queues, reaper
 from shared.config import CommonSettings
 from shared.connection import connect
+from shared.dequeue import MovingQueue
 from shared.stage import Work
 from shared.stage import run as run_stage
 
@@ -127,6 +130,11 @@ class Heartbeats:
     running: Running[Any, Any] | None = None
     queues: list[Queue]
     last_cleaned_at: Any
+    queue_class = MovingQueue  # every job is taken through its queue's intermediate list (`shared.dequeue`)
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        # rq clears the intermediate list only for a worker of one queue; MovingQueue uses it for any number.
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)  # type: ignore[misc]
 
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
         if isinstance(job, StageJob):
