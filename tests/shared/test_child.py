@@ -33,10 +33,31 @@ STUBBORN = ("import signal, socket, sys, time; signal.signal(signal.SIGTERM, sig
             "print('child up', flush=True); time.sleep(300)")
 
 
+# A server that counts the stop signals it gets (llama-server stops at once on a second one) and exits with
+# 10 + that count half a second after the first. Counted by the C-level wakeup fd, one byte per signal: Python's
+# own handler runs once for signals that arrive together.
+COUNTING = textwrap.dedent("""
+    import os, signal, sys, time
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    signal.signal(signal.SIGTERM, lambda *a: None)
+    signal.set_wakeup_fd(w)
+    print('child up', flush=True)
+    os.read(r, 1)
+    time.sleep(0.5)
+    os.set_blocking(r, False)
+    try:
+        more = len(os.read(r, 64))
+    except BlockingIOError:
+        more = 0
+    sys.exit(11 + more)
+""")
+
+
 def _start_parent(child: str = SLEEPER, *args: str) -> tuple[subprocess.Popen[str], int]:
     script = f"CHILD = {child!r}\nARGS = {list(args)!r}\n{PARENT}"
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+                              cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()}, process_group=0)
     assert parent.stdout is not None
     line = parent.stdout.readline()
     assert line.startswith("pid "), line
@@ -85,4 +106,17 @@ def test_sigterm_is_forwarded_and_output_logged() -> None:
     assert parent.stdout.readline().strip() == "server child up"
     parent.send_signal(signal.SIGTERM)
     assert parent.wait(10) == 128 + signal.SIGTERM
+    assert _gone(pid, 5)
+
+
+def test_a_stop_sent_to_the_parents_whole_group_reaches_the_child_once() -> None:
+    """As supervisord stops a program (`stopasgroup`) and as a terminal's Ctrl-C does."""
+    parent, pid = _start_parent(COUNTING)
+    assert parent.stdout is not None
+    assert parent.stdout.readline().strip() == "server child up"
+    # Its own group: signals to the parent's group miss it (two signals that land together count as one, so
+    # the count below alone could not show a double delivery).
+    assert os.getpgid(pid) == pid != os.getpgid(parent.pid)
+    os.killpg(parent.pid, signal.SIGTERM)
+    assert parent.wait(10) == 11, "the child got the stop more than once (or never)"
     assert _gone(pid, 5)
