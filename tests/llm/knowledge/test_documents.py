@@ -104,6 +104,26 @@ def test_bm25_with_jieba_ranks_the_right_chinese_passage() -> None:
     assert lexical.small_talk("Hello, thanks!") and lexical.small_talk("你好") and not lexical.small_talk("退款")
 
 
+@pytest.mark.parametrize(("text", "small"), [
+    ("Hello there, how are you doing this fine morning?", True),
+    ("Good afternoon! What a lovely day it is.", True),
+    ("Thanks a lot, you have been very kind to me today.", True),
+    ("How's it going?", True),
+    ("今天天气真好", True),
+    ("辛苦了，谢谢您", True),
+    # Anything that asks or names a thing is looked up (or refused), however politely it is put.
+    ("Are you open today?", False),
+    ("What day do you deliver?", False),
+    ("I want to talk to a person", False),
+    ("Hello, I need a refund", False),
+    ("Good morning, where is my order?", False),
+    ("今天营业吗", False),
+    ("你好，我想问一下运费", False),
+])
+def test_pleasantries_are_small_talk_and_questions_are_not(text: str, small: bool) -> None:
+    assert lexical.small_talk(text) is small
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("We open at nine thirty and close at 6 p.m.", {"9", "30", "6"}),
     ("It costs $4.95, or four dollars ninety-five.", {"4", "95"}),
