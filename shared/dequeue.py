@@ -18,6 +18,7 @@ for the live queue anyway, within `BLOCK_S`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterable
@@ -26,7 +27,6 @@ from typing import Any
 from redis import Redis
 from rq import Queue
 from rq.exceptions import DequeueTimeout
-from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.utils import as_text
 
@@ -52,34 +52,21 @@ class MovingQueue(Queue):
                                        death_penalty_class=death_penalty_class)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            taken = _move_any(connection, ordered)
+            # rq's own move (LMOVE, or BLMOVE given a timeout) from one queue into its intermediate list.
+            taken = next((t for q in ordered if (t := cls.lmove(connection, q.key, None)) is not None), None)
             if taken is None and deadline is not None:
                 wait_s = min(BLOCK_S, math.ceil(deadline - time.monotonic()))
                 if wait_s > 0:
-                    taken = _block_on(connection, ordered[0], wait_s)
+                    with contextlib.suppress(DequeueTimeout):
+                        taken = cls.lmove(connection, ordered[0].key, wait_s)
             if taken is not None:
-                queue_key, job_id = taken
+                queue_key, job_id = map(as_text, taken)
                 fetched = cls._fetch_dequeued_job(connection, queue_key, job_id, job_class=job_class,
                                                   serializer=serializer, death_penalty_class=death_penalty_class)
-                if fetched is None:  # the job expired while queued
-                    connection.lrem(IntermediateQueue(queue_key, connection).key, 1, job_id)
-                    continue
-                return fetched
+                if fetched is not None:
+                    return fetched
+                continue  # the job expired while queued; the reaper drops its id from the list
             if deadline is None:
                 return None
             if time.monotonic() >= deadline:
                 raise DequeueTimeout(timeout, [q.key for q in ordered])
-
-
-def _move_any(connection: Redis, queues: list[Queue]) -> tuple[str, str] | None:
-    for queue in queues:
-        job_id = connection.lmove(queue.key, IntermediateQueue(queue.key, connection).key)
-        if job_id is not None:
-            return queue.key, as_text(job_id)
-    return None
-
-
-def _block_on(connection: Redis, queue: Queue, wait_s: int) -> tuple[str, str] | None:
-    job_id = connection.blmove(queue.key, IntermediateQueue(queue.key, connection).key, wait_s)
-    return (queue.key, as_text(job_id)) if job_id is not None else None
-
