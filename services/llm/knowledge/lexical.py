@@ -40,7 +40,7 @@ SMALL_TALK = wordlist("""
 hello hi hey hiya howdy thanks thank thankyou cheers bye goodbye ok okay alright great good morning afternoon
 evening night fine sorry nice lovely kind very really lot lots appreciate appreciated welcome doing going day
 today well glad happy pleased meet meeting wonderful beautiful awesome perfect excellent brilliant cool sure
-everyone sir madam weather later soon care take have how's what's it's that's i'm you're
+everyone sir madam weather later soon care take how's what's it's that's i'm you're
 你好 您好 谢谢 谢谢您 多谢 感谢 再见 好的 好 嗯 喂 早上好 上午好 下午好 晚上好 早安 晚安 拜拜 对不起 不好意思
 没事 没关系 不客气 辛苦 辛苦了 太 太好了 不错 很 很好 非常 真 明白 知道 知道了 收到 行 哈哈 今天 天气 祝 愉快 开心
 高兴 认识 今天天气
