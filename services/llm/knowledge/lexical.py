@@ -35,12 +35,13 @@ than then so not no yes please tell know want like get just also any some much m
 """)
 # Every word of a greeting, thanks or pleasantry: a turn made only of these (and stop words) has nothing to look
 # up. "Hello, how are you doing this fine morning?" answered "I don't have that information" before the
-# pleasantries were in; a word that can carry a request ("talk", "open", "help") must stay out.
+# pleasantries were in. "help" is in (thanks for your help; can you help me?: nothing to look up either); a word
+# that names a thing or a request ("talk", "open", "need", "refund") must stay out.
 SMALL_TALK = wordlist("""
 hello hi hey hiya howdy thanks thank thankyou cheers bye goodbye ok okay alright great good morning afternoon
 evening night fine sorry nice lovely kind very really lot lots appreciate appreciated welcome doing going day
 today well glad happy pleased meet meeting wonderful beautiful awesome perfect excellent brilliant cool sure
-everyone sir madam weather later soon care take how's what's it's that's i'm you're
+everyone sir madam weather later soon care take help how's what's it's that's i'm you're
 你好 您好 谢谢 谢谢您 多谢 感谢 再见 好的 好 嗯 喂 早上好 上午好 下午好 晚上好 早安 晚安 拜拜 对不起 不好意思
 没事 没关系 不客气 辛苦 辛苦了 太 太好了 不错 很 很好 非常 真 明白 知道 知道了 收到 行 哈哈 今天 天气 祝 愉快 开心
 高兴 认识 今天天气

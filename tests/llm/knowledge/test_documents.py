@@ -109,6 +109,7 @@ def test_bm25_with_jieba_ranks_the_right_chinese_passage() -> None:
     ("Good afternoon! What a lovely day it is.", True),
     ("Thanks a lot, you have been very kind to me today.", True),
     ("How's it going?", True),
+    ("Good evening, thanks so much for your help today.", True),
     ("今天天气真好", True),
     ("辛苦了，谢谢您", True),
     # Anything that asks or names a thing is looked up (or refused), however politely it is put.
