@@ -121,7 +121,12 @@ async def one_turn(base_url: str, path: Path) -> dict[str, float]:
                                          and e["response"]["id"] == first["response_id"], 600)
         v2v = t_first - (sent + end)
         turns = len(call.events.of("input_audio_buffer.speech_stopped"))
-        return {"v2v": v2v, "stall": stall_s(call.deltas(first["response_id"])), "turns": float(turns),
+        t_stop = call.events.items[stop][0]
+        t_text, _ = await call.events.type("conversation.item.input_audio_transcription.completed", 60, after=stop)
+        t_words, _ = await call.events.type("response.output_audio_transcript.delta", 60, after=stop)
+        return {"v2v": v2v, "window": t_stop - (sent + end), "asr_after": t_text - t_stop,
+                "first_words": t_words - t_text, "words_to_audio": t_first - t_words,
+                "stall": stall_s(call.deltas(first["response_id"])), "turns": float(turns),
                 "ok": float(done["response"]["status"] == "completed")}
 
 
@@ -157,15 +162,20 @@ def main() -> None:
         rows = []
         for path in paths:
             row: dict[str, float] = {}
-            raw_ttfa, _ = raw_first_audio(raw, path, llm, "en")
+            parts: dict[str, float] = {}
+            raw_ttfa, _ = raw_first_audio(raw, path, llm, "en", parts)
             row["baseline"] = SILENCE_WINDOW_S + raw_ttfa
+            row.update({f"raw_{k}": v for k, v in parts.items()})
             warm(raw, llm)
             forget_answers(conn)  # the call must really run the LLM
             row.update(asyncio.run(one_turn(stack.base_url, path)))
             row["ratio"] = row["v2v"] / row["baseline"]
             rows.append(row)
             print(f"{path.name:42s} voice-to-voice {row['v2v']:.2f}s baseline {row['baseline']:.2f}s "
-                  f"ratio {row['ratio']:.3f} turns {row['turns']:.0f}", flush=True)
+                  f"ratio {row['ratio']:.3f} turns {row['turns']:.0f} | "
+                  f"asr {row['asr_after']:.2f} (raw {row['raw_asr']:.2f}) "
+                  f"words {row['first_words']:.2f} audio {row['words_to_audio']:.2f} "
+                  f"(raw llm {row['raw_llm_first']:.2f} tts {row['raw_tts_first']:.2f})", flush=True)
         interruption = paths[0].parent / Path(INTERRUPTION).name
         barges = []
         for _ in range(args.barge_ins):
@@ -183,6 +193,10 @@ def main() -> None:
                  for o in ("adopted", "dropped", "stale")}
     print(f"\nmachine: {machine()}")
     show("single call, voice-to-voice", rows, ["baseline", "v2v", "ratio", "stall"], "calls")
+    # Where the time goes: the call's side from the client's event arrival times (speech_stopped,
+    # transcription.completed, first transcript delta, first audio delta); the baseline's three raw terms.
+    show("single call, stages", rows, ["window", "asr_after", "first_words", "words_to_audio", "raw_asr",
+                                       "raw_llm_first", "raw_tts_first"], "calls")
     show("barge-in", barges, ["stop", "speech_started", "cancelled"], "calls")
     show(f"{args.concurrency} concurrent calls", concurrent, ["v2v", "stall"], "calls")
     print(f"\nvoice-to-voice / (silence window + raw ASR + raw LLM first sentence + raw TTS of it): median "

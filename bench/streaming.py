@@ -31,8 +31,10 @@ from shared import answer_cache  # noqa: E402
 from shared.sentences import SentenceSplitter  # noqa: E402
 
 
-def raw_first_audio(raw: RawEngines, path: Path, llm: LlmSettings, language: str) -> tuple[float, float]:
-    """(raw TTFA baseline, raw total) for one clip: ASR, LLM to its first sentence, piper on that sentence."""
+def raw_first_audio(raw: RawEngines, path: Path, llm: LlmSettings, language: str,
+                    parts: dict[str, float] | None = None) -> tuple[float, float]:
+    """(raw TTFA baseline, raw total) for one clip: ASR, LLM to its first sentence, piper on that sentence.
+    `parts`, if given, gets the three terms of the baseline ("asr", "llm_first", "tts_first")."""
     text, asr_s = raw.asr(path)
     warm(raw, llm)
     messages = prompts.build(text, system=llm.llm_system_prompt, language=language)
@@ -54,6 +56,8 @@ def raw_first_audio(raw: RawEngines, path: Path, llm: LlmSettings, language: str
     if first is None:
         first, first_s = (splitter.flush() or [reply])[0], llm_total
     tts_first = raw.tts(first)
+    if parts is not None:
+        parts.update(asr=asr_s, llm_first=first_s, tts_first=tts_first)
     return asr_s + first_s + tts_first, asr_s + llm_total + raw.tts(reply)
 
 
