@@ -61,6 +61,7 @@ bench: models
 	$(PY) bench/batch.py
 	$(PY) bench/worker_overhead.py
 	$(PY) bench/redis_wait.py
+	$(PY) bench/encoder_window.py
 	$(PY) bench/realtime.py
 	$(PY) bench/mandarin.py
 	$(PY) bench/llm_server.py

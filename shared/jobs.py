@@ -139,6 +139,7 @@ class AsrResult(Record):
     channels: int = 1
     speakers: list[str] | None = None
     channel_languages: list[str | None] | None = None
+    encoder_window_s: float | None = None  # the longest input whisper's encoder saw: 30 s, less for a call's piece
     batched: bool = False
     cancelled: bool = False
 

@@ -49,6 +49,21 @@ class AsrSettings(CommonSettings):
         description="Language assumed when a job gives none (ISO code such as en or zh). Unset: English "
         "with an English-only model, otherwise detected from the first 30 s.",
     )
+    asr_call_encoder_window_s: float = Field(
+        15.0,
+        ge=1.0,
+        le=30.0,
+        description="For a live call's pieces (audio the call's own endpointer cut, a few seconds each), "
+        "faster-whisper's encoder sees the speech plus asr_call_encoder_margin_s, but at least this many seconds, "
+        "instead of always 30 s: about 0.58x the decode time, with the same WER on the repository's clips "
+        "(bench/encoder_window.py, docs/benchmarks.md). 30 turns the trim off. Files and turns are always "
+        "decoded with whisper's own 30 s window, so their transcripts stay exactly raw faster-whisper's.",
+    )
+    asr_call_encoder_margin_s: float = Field(
+        5.0, ge=0.0, le=30.0,
+        description="Seconds of padding kept after a call piece's speech when the encoder window is trimmed. "
+        "With 1 s and no floor, whisper tiny.en repeated or dropped words on short clips.",
+    )
     asr_vad: bool = Field(
         True, description="Skip non-speech with the Silero VAD bundled in faster-whisper (works offline)."
     )

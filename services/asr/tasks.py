@@ -12,7 +12,7 @@ from typing import Any
 from services.asr import channels, diarization, script
 from services.asr.config import AsrSettings
 from services.asr.diarization.base import Diarizer
-from services.asr.engines.base import AsrEngine, Confidence, Segment, Transcript
+from services.asr.engines.base import AsrEngine, Confidence, EncoderWindow, Segment, Transcript
 from shared import jobs, languages, metrics, models
 from shared.jobs import AsrResult, Job, Options
 from shared.stage import StageContext, StageError
@@ -112,6 +112,14 @@ def _batch_size(settings: AsrSettings, job: Job) -> int:
     return settings.asr_batch_size if job.priority == "batch" else 0
 
 
+def _window(settings: AsrSettings, job: Job) -> EncoderWindow | None:
+    """A live call's piece is a few seconds our endpointer cut: its encoder window is trimmed. Anything else is
+    decoded exactly as raw faster-whisper would (the quality bar for files and turns)."""
+    if job.options.call_id is None or job.kind != "transcription" or settings.asr_call_encoder_window_s >= 30:
+        return None
+    return EncoderWindow(settings.asr_call_encoder_window_s, settings.asr_call_encoder_margin_s)
+
+
 def transcribe(ctx: StageContext[Resources], settings: AsrSettings, asr: AsrEngine, track: channels.Track,
                language: str | None, sent: Iterator[int]) -> Transcript:
     """One pass over one track, sending each segment as an `asr.partial` event as it is decoded.
@@ -145,7 +153,7 @@ def transcribe(ctx: StageContext[Resources], settings: AsrSettings, asr: AsrEngi
     transcript = asr.transcribe(track.samples, language=language, beam_size=beam_size(settings, language),
                                 vad=settings.asr_vad, hotwords=_hotwords(ctx.job.options),
                                 initial_prompt=prompt, on_segment=on_segment,
-                                batch_size=_batch_size(settings, ctx.job))
+                                batch_size=_batch_size(settings, ctx.job), window=_window(settings, ctx.job))
     if detected:
         transcript.language_probability = detected[1]
     return script.apply(transcript, script.conversion(asked, transcript.language, settings.asr_zh_script))
@@ -186,6 +194,7 @@ def result(passes: list[tuple[channels.Track, Transcript]], asr: AsrEngine, elap
         "model": asr.model,
         "rtf": round(elapsed_s / duration, 4) if duration else 0.0,
         "channels": len(passes),
+        "encoder_window_s": max((t.encoder_window_s for _, t in passes if t.encoder_window_s), default=None),
     }
     if len(passes) > 1:
         out["speakers"] = [track.speaker for track, _ in passes]

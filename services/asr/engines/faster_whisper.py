@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,24 @@ import numpy as np
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.vad import get_vad_model
 
-from services.asr.engines.base import Confidence, OnSegment, Segment, Transcript
+from services.asr.engines.base import FRAMES_PER_S, Confidence, EncoderWindow, OnSegment, Segment, Transcript
 from services.asr.engines.vad import speech_only
 
 log = logging.getLogger(__name__)
 
 _INHERITED: list[WhisperModel] = []
+_WINDOW = threading.local()  # this thread's transcription: the window asked for, and the longest encoded
+
+
+class _Whisper(WhisperModel):  # type: ignore[misc,unused-ignore]  # untyped in --strict
+    """WhisperModel whose sequential path encodes the window `transcribe` asked for (the batched one pads to 30 s)."""
+
+    def encode(self, features: np.ndarray) -> Any:
+        window: EncoderWindow | None = getattr(_WINDOW, "value", None)
+        if window is not None:
+            features = window.trim(features)
+        _WINDOW.seen_s = max(getattr(_WINDOW, "seen_s", 0.0), features.shape[-1] / FRAMES_PER_S)
+        return super().encode(features)
 
 
 class FasterWhisperEngine:
@@ -62,8 +75,8 @@ class FasterWhisperEngine:
         if self._whisper is not None and self._pid != os.getpid():
             _INHERITED.append(self._whisper)
         self._threads = threads or self.cpu_threads
-        self._whisper = WhisperModel(str(self.model_dir), device="cpu", compute_type=self.compute_type,
-                                     cpu_threads=self._threads, num_workers=1)
+        self._whisper = _Whisper(str(self.model_dir), device="cpu", compute_type=self.compute_type,
+                                 cpu_threads=self._threads, num_workers=1)
         self._pid = os.getpid()
         self._multilingual = bool(self._whisper.model.is_multilingual)
         self._languages = frozenset(self._whisper.supported_languages)
@@ -99,8 +112,23 @@ class FasterWhisperEngine:
         initial_prompt: str | None = None,
         on_segment: OnSegment | None = None,
         batch_size: int = 0,
+        window: EncoderWindow | None = None,
     ) -> Transcript:
         whisper = self._ready()
+        _WINDOW.value, _WINDOW.seen_s = window, 0.0  # whisper encodes lazily, as the segments are read
+        try:
+            transcript = self._transcribe(whisper, audio, language=language, beam_size=beam_size, vad=vad,
+                                          hotwords=hotwords, initial_prompt=initial_prompt, on_segment=on_segment,
+                                          batch_size=batch_size)
+            if batch_size <= 0 and _WINDOW.seen_s:  # the batched pipeline encodes through the bare model
+                transcript.encoder_window_s = _WINDOW.seen_s
+            return transcript
+        finally:
+            _WINDOW.value = None
+
+    def _transcribe(self, whisper: WhisperModel, audio: np.ndarray, *, language: str | None, beam_size: int,
+                    vad: bool, hotwords: str | None, initial_prompt: str | None, on_segment: OnSegment | None,
+                    batch_size: int) -> Transcript:
         if batch_size > 0:
             # Windows are cut at VAD pauses, never inside a word, so nothing is lost or repeated at their
             # edges. The cut needs the VAD whatever `vad` says (the pipeline refuses audio over 30 s

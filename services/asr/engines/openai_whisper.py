@@ -18,7 +18,7 @@ import numpy as np
 from faster_whisper.vad import SpeechTimestampsMap
 
 from services.asr import convert
-from services.asr.engines.base import Confidence, OnSegment, Segment, Transcript
+from services.asr.engines.base import Confidence, EncoderWindow, OnSegment, Segment, Transcript
 from services.asr.engines.vad import SAMPLE_RATE, speech_only
 
 # faster-whisper's defaults, so that both engines decode alike.
@@ -96,6 +96,7 @@ class OpenAIWhisperEngine:
         initial_prompt: str | None = None,
         on_segment: OnSegment | None = None,
         batch_size: int = 0,  # no batched decode in openai-whisper: always sequential
+        window: EncoderWindow | None = None,  # openai-whisper's decode pads to 30 s: not trimmed
     ) -> Transcript:
         whisper = _whisper()
         model = self._ready()
