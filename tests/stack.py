@@ -97,8 +97,7 @@ class Stack:
             "VQ_LLM_SERVER_PORT": str(self.ports["llm-server"]),
             "VQ_LLM_BASE_URL": llm_base_url or f"http://127.0.0.1:{self.ports['llm-server']}/v1",
             "VQ_LOG_JSON": "true",
-            # Off by default (it costs ASR and LLM work at every pause); the call tests and bench/realtime.py
-            # run with it on.
+            # The product's default; VQ_CALL_EAGER_REPLY=false in the environment runs the stack without it.
             "VQ_CALL_EAGER_REPLY": os.environ.get("VQ_CALL_EAGER_REPLY", "true"),
             "VQ_CALL_TRANSFER_TO": "+15550100",  # where a transfer goes (tests/gateway/test_call_actions.py)
             **(extra_env or {}),

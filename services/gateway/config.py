@@ -131,10 +131,11 @@ class GatewaySettings(CommonSettings):
         "is this long, so little or nothing is left to transcribe when the silence window ends their turn.")
     call_asr_pause_ms: int = Field(200, description="A pause this long inside speech is where a piece may be cut.")
     call_eager_reply: bool = Field(
-        False, description="At such a pause, transcribe what is left and start the reply before the silence window "
+        True, description="At such a pause, transcribe what is left and start the reply before the silence window "
         "ends the turn; it is sent only if the turn ends at that pause with the same words, and is cancelled if the "
-        "caller goes on. Shortens the wait after the caller stops by up to 0.3 s, but costs ASR and LLM work at "
-        "every pause. It backs off under load (VQ_CALL_EAGER_MAX_BACKLOG); off by default (docs/calls.md).")
+        "caller goes on. Measured: voice-to-voice 0.80x the raw-engine sum with it, 0.95x without (docs/calls.md). "
+        "The cost is ASR and LLM work at every pause, and prompt tokens billed for each dropped reply on a paid LLM "
+        "API. It backs off under load (VQ_CALL_EAGER_MAX_BACKLOG).")
     call_eager_max_backlog: int = Field(
         0, ge=0, description="An eager reply starts only while the live ASR and LLM queues hold at most this "
         "many jobs waiting for a worker: under load, speculative work would delay other callers' real turns.")
