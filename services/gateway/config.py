@@ -133,7 +133,8 @@ class GatewaySettings(CommonSettings):
     call_eager_reply: bool = Field(
         True, description="At such a pause, transcribe what is left and start the reply before the silence window "
         "ends the turn; it is sent only if the turn ends at that pause with the same words, and is cancelled if the "
-        "caller goes on. Measured: voice-to-voice 0.80x the raw-engine sum with it, 0.95x without (docs/calls.md). "
+        "caller goes on. Measured: voice-to-voice 0.80-0.87x the raw-engine sum with it, 0.95x without "
+        "(docs/calls.md). "
         "The cost is ASR and LLM work at every pause, and prompt tokens billed for each dropped reply on a paid LLM "
         "API. It backs off under load (VQ_CALL_EAGER_MAX_BACKLOG).")
     call_eager_max_backlog: int = Field(
