@@ -17,7 +17,7 @@ import pytest
 import redis
 import websockets
 
-from shared import jobs
+from shared import jobs, keys
 from shared.textnorm import wer
 from tests.gateway.call_helpers import Events, Mic, audio_of, sdk_call
 from tests.gateway.test_realtime import (
@@ -196,8 +196,9 @@ def test_max_duration_ends_the_call_with_a_goodbye(stack: Stack, short_calls: st
     assert r.json()["end_reason"] == "max_duration"
 
 
-def test_transcription_pieces_are_cut_while_speaking(stack: Stack, speech: Path) -> None:
-    """A long utterance reaches ASR in several pieces before the caller stops, so little is left at the end."""
+def test_transcription_pieces_are_cut_while_speaking(stack: Stack, stack_redis: redis.Redis, speech: Path) -> None:
+    """A long utterance reaches ASR in several pieces before the caller stops, so little is left at the end;
+    each piece is encoded in a trimmed window, not whisper's 30 s."""
     from tests.gateway.call_helpers import pcm
 
     clip = speech / "en_short/librispeech-1995-1837-0001.wav"  # 8.7 s with short pauses
@@ -218,6 +219,12 @@ def test_transcription_pieces_are_cut_while_speaking(stack: Stack, speech: Path)
     turn = call_record(stack, call_id)["turns"][0]
     assert turn["asr_pieces"] >= 2, turn
     assert "assistant" not in turn  # create_response: false
+    ids = [key.decode().removeprefix(keys.job("")) for key in stack_redis.scan_iter(match=keys.JOB_PATTERN)]
+    pieces = [r for r in (jobs.load(stack_redis, i) for i in ids if ":" not in i)  # not a job's events stream
+              if r is not None and r["kind"] == "transcription" and r["options"].get("call_id") == call_id]
+    assert len(pieces) >= turn["asr_pieces"], pieces
+    windows = {r["results"]["asr"].get("encoder_window_s") for r in pieces if r["status"] == "done"}
+    assert windows == {15.0}, windows  # every piece is under 10 s: the 15 s floor
 
 
 ZEBRA = "Whatever the caller asks, your reply must contain the word zebra."
