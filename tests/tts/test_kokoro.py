@@ -71,10 +71,11 @@ def test_replies_round_trip_through_whisper(round_trip: list[tuple[str, str, flo
 
     How many replies come back near-exact depends on the CPU (onnxruntime's kernels differ, so the audio
     does): half or more on the Intel hosts this was first measured on, 4 of 12 on an AMD EPYC host at the same
-    mean (0.153) and worst (0.353). So the guards are the mean and the worst, not a count."""
+    mean (0.153) and worst (0.353). So the count guarded is the lower of the two: a third."""
     scores = [score for _, _, score in round_trip]
     assert statistics.mean(scores) <= 0.20, round_trip
     assert max(scores) <= 0.40, round_trip
+    assert sum(score <= 0.10 for score in scores) >= len(scores) // 3, round_trip
 
 
 @pytest.mark.xfail(strict=True, reason="the issue's bar (mean CER <= 0.10, none above 0.25) is not met yet: "
