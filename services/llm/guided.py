@@ -95,13 +95,33 @@ def choose(engine: ChatEngine, text: str, history: Sequence[Message], names: lis
 
 def _pick(engine: ChatEngine, text: str, history: Sequence[Message], names: list[str],
           custom: Sequence[tools.Tool]) -> str | None:
-    listed = "\n".join(f"- {n}: {describe(n, custom)[0]}" for n in names)
-    schema = {"type": "object", "properties": {"action": {"enum": [*names, NONE]}}, "required": ["action"]}
-    messages: list[Message] = [{"role": "system", "content": ROUTER.format(actions=listed)},
+    messages: list[Message] = [{"role": "system", "content": router_prompt(names, custom)},
                                *_conversation(text, history)]
-    value = engine.structured(messages, schema, max_tokens=24)
+    value = engine.structured(messages, decision_schema(names), max_tokens=24)
     chosen = value.get("action") if isinstance(value, dict) else None
     return chosen if isinstance(chosen, str) and chosen in names else None
+
+
+def router_prompt(names: Sequence[str], custom: Sequence[tools.Tool] = ()) -> str:
+    """The system message of a decision among `names`."""
+    return ROUTER.format(actions="\n".join(f"- {n}: {describe(n, custom)[0]}" for n in names))
+
+
+def decision_schema(names: Sequence[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": {"action": {"enum": [*names, NONE]}}, "required": ["action"]}
+
+
+def builtin_picks() -> list[list[str]]:
+    """Every list of built-in actions `choose` can ask the model about, in the order it asks them: the
+    router's prompts a server can hold ready (services.llm.warmup), since each names its own actions."""
+    order = list(TRIGGERS)
+    asked: list[list[str]] = []
+    for mask in range(1, 2 ** len(order)):
+        names = [n for i, n in enumerate(order) if mask >> i & 1]
+        lists = [[actions.TRANSFER], [n for n in names if n != actions.TRANSFER]] \
+            if actions.TRANSFER in names and len(names) > 1 else [names]
+        asked += [picked for picked in lists if picked not in asked]
+    return asked
 
 
 def needs_arguments(name: str, custom: Sequence[tools.Tool]) -> bool:

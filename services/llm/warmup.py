@@ -6,8 +6,10 @@ caller: on 2 cores four cold slots made every first reply wait ~7 s, against
 one request with the system prompt (`id_slot` pins it), and the server's
 prompt cache keeps the prefix: every chat request starts with it, and
 `--cache-ram` saves a slot's prompt before another (an analysis) replaces it.
-The analysis path (schema turned into a grammar) runs last, once, so the
-first real analysis does not pay for its set-up either.
+The analysis path (schema turned into a grammar) runs after that, once, so the
+first real analysis does not pay for its set-up either; then the action
+router's prompts, so the first caller whose words suggest an action (a
+complaint, a goodbye) does not wait for them to be prefilled.
 
 Warming is for callers, so it gives way to them. A server restarted after a
 crash has callers waiting (the llm workers retry as soon as it answers), and a
@@ -46,7 +48,7 @@ from typing import Any
 
 import httpx
 
-from services.llm import actions, analysis
+from services.llm import actions, analysis, guided
 from services.llm.config import LlmSettings
 from services.llm.knowledge import grounding
 
@@ -144,6 +146,12 @@ async def _warm(url: str, headers: dict[str, str], settings: LlmSettings, slots:
         await warmer.prefill("analysis_prefix", await prefix_tokens(client, analysis_messages(settings)), slots - 1)
         await warmer.when_idle(grammar_step(settings, slots - 1))
         warmer.took["grammar_s"] = round(time.monotonic() - start, 3)
+        for n, system in enumerate(router_prompts(settings)):
+            prefix = await prefix_tokens(client, [{"role": "system", "content": system}])
+            await warmer.prefill(f"router{n}", prefix, slots - 1)
+        # A restore overwrites the slot without keeping what it held in the server's RAM cache, as a request
+        # on another prompt does (measured: the last router prompt was cold): one such request first.
+        await warmer.when_idle(completion_step(tokens[:CHUNK_TOKENS], slots - 1))
         await warmer.fill(chat, tokens, [slots - 1], "_again")
     return warmer.took
 
@@ -292,6 +300,14 @@ def chat_tools(settings: LlmSettings) -> list[dict[str, Any]] | None:
 def chat_prompt(settings: LlmSettings) -> tuple[list[dict[str, str]], list[dict[str, Any]] | None]:
     """What the chat prefix is made of: the system message and the tools."""
     return chat_messages(settings), chat_tools(settings)
+
+
+def router_prompts(settings: LlmSettings) -> list[str]:
+    """The action router's system prompts (services.llm.guided): a caller's words that suggest an action
+    wait for its decision before the reply starts, and a cold prompt made that wait 2-3 s instead of 0.7-0.9."""
+    if not (settings.llm_tools and settings.llm_tool_mode == "guided"):
+        return []
+    return [guided.router_prompt(names) for names in guided.builtin_picks()]
 
 
 def analysis_messages(settings: LlmSettings) -> list[dict[str, str]]:

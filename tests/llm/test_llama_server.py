@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from services.llm import analysis, server, warmup
+from services.llm import actions, analysis, guided, server, warmup
 from services.llm.config import SYSTEM_PROMPT, LlmSettings
 from tests.llm.conftest import _wait_models, start_server, wait_warm, warm_server
 from tests.llm.helpers import API_KEY
@@ -84,6 +84,27 @@ def fresh_server(tmp_path: Path) -> Iterator[str]:
         yield base_url
 
 
+ROUTED = {"I want to complain about my parcel.": [actions.TICKET], "Okay, bye now.": [actions.END_CALL],
+          "Put me through to an agent.": [actions.TRANSFER], "That's all, and my kettle is broken.":
+          [actions.END_CALL, actions.TICKET]}
+
+
+def test_the_action_routers_prompts_are_ready_on_a_fresh_server(fresh_server: str) -> None:
+    """Each question the router can ask about the built-in actions finds its own system prompt cached (only the
+    caller's words are prefilled), and the chat slots stay warm after it."""
+    assert sorted(map(sorted, ROUTED.values())) == sorted(map(sorted, guided.builtin_picks()))
+    for words, names in ROUTED.items():
+        assert guided.candidates(words, []) == names
+        r = chat(fresh_server, words, max_tokens=24,
+                 messages=[{"role": "system", "content": guided.router_prompt(names)},
+                           {"role": "user", "content": words}],
+                 response_format={"type": "json_object", "schema": guided.decision_schema(names)})
+        total, fresh = r["usage"]["prompt_tokens"], r["timings"]["prompt_n"]
+        assert total > 100 and fresh < 30, f"{words!r}: {fresh} of {total} prompt tokens prefilled"
+        assert json.loads(r["choices"][0]["message"]["content"])["action"] in [*names, guided.NONE]
+    assert_every_slot_warm(fresh_server, LlmSettings().llm_server_slots)
+
+
 def test_every_slot_starts_warm_even_after_an_analysis(fresh_server: str) -> None:
     """Callers arriving together each find the system prompt cached in their slot (only their question is
     prefilled), also after a call analysis with its own system prompt has used one of the slots."""
@@ -98,6 +119,8 @@ def test_every_slot_starts_warm_even_after_an_analysis(fresh_server: str) -> Non
                                "response_format": {"type": "json_object",
                                                    "schema": analysis.json_schema(speakers)}})
     assert grammar.status_code == 200
+    total, fresh = grammar.json()["usage"]["prompt_tokens"], grammar.json()["timings"]["prompt_n"]
+    assert total > 100 and fresh < 40, f"{fresh} of {total} prompt tokens prefilled: the analysis prompt was cold"
     parsed = analysis.parse(grammar.json()["choices"][0]["message"]["content"], speakers)  # the grammar held
     assert parsed.sentiment.keys() == {"agent", "customer"}
 
