@@ -34,7 +34,7 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.pipeline import clips, pct  # noqa: E402
+from bench.pipeline import clips, pct, wait_warm  # noqa: E402
 from bench.streaming import closed_loop, stream_timings  # noqa: E402
 from shared import answer_cache, redis_server  # noqa: E402
 from tests.stack import Stack, free_port, wait_http  # noqa: E402
@@ -134,13 +134,6 @@ def run_voicequeue(paths: list[Path], levels: list[int], log_dir: Path) -> list[
         stack.stop()
         redis_proc.terminate()
         redis_proc.wait(10)
-
-
-def wait_warm(stack: Stack, timeout_s: float = 300) -> None:
-    log = stack.log_dir / "llm-server.log"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and "llm server warm" not in log.read_text():
-        time.sleep(0.5)
 
 
 def empty_caches(conn: redis.Redis) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.pipeline import clips, pct  # noqa: E402
+from bench.pipeline import clips, pct, wait_warm  # noqa: E402
 from bench.streaming import concurrent_turns  # noqa: E402
 from shared import cpu, redis_server  # noqa: E402
 from tests.stack import Stack, free_port  # noqa: E402
@@ -71,17 +71,6 @@ def run_split(name: str, threads: dict[str, int], paths: list[Path], callers: in
             "ttfa_p95": round(pct(ttfa, 0.95), 2), "turn_p50": round(statistics.median(total), 2),
             "turn_p95": round(pct(total, 0.95), 2), "turns_per_s": round(len(rows) / wall, 3),
             "loadavg": loadavg()}
-
-
-def wait_warm(stack: Stack, timeout_s: float = 300) -> None:
-    """The llm-server's slots are warm (its wrapper logs it), so no split pays for prefills in its turns."""
-    log = stack.log_dir / "llm-server.log"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if "llm server warm" in log.read_text():
-            return
-        time.sleep(0.5)
-    raise TimeoutError("llm-server not warm")
 
 
 def main() -> None:

@@ -93,10 +93,23 @@ def bench_stack(prefix: str) -> Iterator[tuple[Stack, RawEngines, Any, int]]:
     stack = Stack(f"redis://127.0.0.1:{port}/0", tmp / "logs")
     try:
         stack.start(extra_env={"VQ_LLM_TEMPERATURE": "0"})
+        wait_warm(stack)
         yield stack, RawEngines(stack.llm_base_url, llm.llm_api_key.get_secret_value(), llm.llm_max_tokens), llm, port
     finally:
         stack.stop()
         redis_proc.terminate()
+
+
+def wait_warm(stack: Stack, timeout_s: float = 300) -> None:
+    """Until the llm-server's warm-up is done (its wrapper logs it): a server in production is warm before its
+    callers come, and the warm-up's pieces run in the gaps between a benchmark's turns otherwise."""
+    log = stack.log_dir / "llm-server.log"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.exists() and "llm server warm" in log.read_text():
+            return
+        time.sleep(0.5)
+    raise TimeoutError("llm-server not warm")
 
 
 def main() -> None:

@@ -6,10 +6,10 @@ caller: on 2 cores four cold slots made every first reply wait ~7 s, against
 one request with the system prompt (`id_slot` pins it), and the server's
 prompt cache keeps the prefix: every chat request starts with it, and
 `--cache-ram` saves a slot's prompt before another (an analysis) replaces it.
-The analysis path (schema turned into a grammar) runs after that, once, so the
-first real analysis does not pay for its set-up either; then the action
-router's prompts, so the first caller whose words suggest an action (a
-complaint, a goodbye) does not wait for them to be prefilled.
+Then the action router's prompts, so the first caller whose words suggest an
+action (a complaint, a goodbye) does not wait for them to be prefilled, and
+the analysis path (schema turned into a grammar) once, so the first real
+analysis does not pay for its set-up either.
 
 Warming is for callers, so it gives way to them. A server restarted after a
 crash has callers waiting (the llm workers retry as soon as it answers), and a
@@ -141,14 +141,15 @@ async def _warm(url: str, headers: dict[str, str], settings: LlmSettings, slots:
             warmer.took.update(early, restored=slots)
         else:
             await warmer.fill(chat, tokens, range(slots))
-        # The analysis prompt on the last slot, then its grammar once; then that slot's chat prefix again.
+        # On the last slot: the router's prompts (a caller waits for those), the analysis prompt and its grammar
+        # once; then that slot's chat prefix again.
+        for n, system in enumerate(router_prompts(settings)):
+            prefix = await prefix_tokens(client, [{"role": "system", "content": system}])
+            await warmer.prefill(f"router{n}", prefix, slots - 1)
         start = time.monotonic()
         await warmer.prefill("analysis_prefix", await prefix_tokens(client, analysis_messages(settings)), slots - 1)
         await warmer.when_idle(grammar_step(settings, slots - 1))
         warmer.took["grammar_s"] = round(time.monotonic() - start, 3)
-        for n, system in enumerate(router_prompts(settings)):
-            prefix = await prefix_tokens(client, [{"role": "system", "content": system}])
-            await warmer.prefill(f"router{n}", prefix, slots - 1)
         # A restore overwrites the slot without keeping what it held in the server's RAM cache, as a request
         # on another prompt does (measured: the last router prompt was cold): one such request first.
         await warmer.when_idle(completion_step(tokens[:CHUNK_TOKENS], slots - 1))
