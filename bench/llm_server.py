@@ -10,7 +10,11 @@ Then the call-analysis path (JSON schema as a grammar, `services.llm.analysis.as
 llama-server: the first analysis on a fresh server against a warm one (a different call),
 with the start-up warm-up on and off. Target: first <= 2x warm.
 
-Usage: `python bench/llm_server.py [--levels 1,2,4,8] [--slots N] [--rounds R] [--no-analysis]`
+Last, the action router (`services.llm.guided`): for each list of built-in actions it asks about, the
+first decision on a fresh llama-server against a second one (other words), warm-up on and off, with the
+prompt tokens the server had to prefill.
+
+Usage: `python bench/llm_server.py [--levels 1,2,4,8] [--slots N] [--rounds R] [--no-analysis] [--no-router]`
 (part of `make bench`).
 Figures depend on what else runs on the machine: the load average is printed with them.
 """
@@ -34,7 +38,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from services.llm import analysis  # noqa: E402
+from services.llm import analysis, guided  # noqa: E402
 from services.llm.config import LlmSettings  # noqa: E402
 from services.llm.engines.openai_compat import OpenAICompatEngine  # noqa: E402
 from shared.retry import UpstreamError  # noqa: E402
@@ -165,6 +169,46 @@ def analysis_figures(warm: bool, log_dir: Path) -> dict[str, Any]:
     return row
 
 
+# Two caller sentences per list of actions the router asks about: the first decision reads one, the warm one the other.
+ROUTED = {("create_ticket",): ("I want to complain about my parcel.", "My toaster arrived broken."),
+          ("end_call",): ("Okay, bye now.", "That's all, goodbye."),
+          ("transfer_to_human",): ("Put me through to an agent.", "I need to speak to a human."),
+          ("end_call", "create_ticket"): ("That's all, and my kettle is broken.", "Nothing else, but the lamp is "
+                                          "faulty. Bye.")}
+
+
+def decide(url: str, names: list[str], words: str) -> dict[str, float]:
+    """One router decision as `guided._pick` asks it; seconds and the prompt tokens prefilled."""
+    body = {"model": LlmSettings().llm_model, "temperature": 0.0, "max_tokens": 24,
+            "messages": [{"role": "system", "content": guided.router_prompt(names)},
+                         {"role": "user", "content": words}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "answer",
+                                                                        "schema": guided.decision_schema(names)}}}
+    start = time.perf_counter()
+    r = httpx.post(f"{url}/chat/completions", json=body, timeout=300, headers={"Authorization": f"Bearer {API_KEY}"})
+    r.raise_for_status()
+    return {"s": round(time.perf_counter() - start, 2), "prefilled": r.json()["timings"]["prompt_n"]}
+
+
+def router_figures(warm: bool, log_dir: Path) -> dict[str, Any]:
+    """Each router question's first decision on a fresh llama-server, then a second one (other words)."""
+    server = Server("llama-server", None, log_dir, warm=warm)
+    try:
+        server.wait()
+        rows = [(decide(server.url, list(names), first), decide(server.url, list(names), second))
+                for names, (first, second) in ROUTED.items()]
+    finally:
+        server.stop()
+    firsts, seconds = [a["s"] for a, _ in rows], [b["s"] for _, b in rows]
+    row = {"warm_up": warm, "first_s": firsts, "second_s": seconds,
+           "first_prefilled": [a["prefilled"] for a, _ in rows], "second_prefilled": [b["prefilled"] for _, b in rows],
+           "first_median_s": round(statistics.median(firsts), 2),
+           "second_median_s": round(statistics.median(seconds), 2),
+           "loadavg": loadavg()}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def stream_once(url: str, settings: LlmSettings, question: str) -> dict[str, float]:
     """One streamed chat completion: seconds to the first token, total seconds, completion tokens."""
     body = {"model": settings.llm_model, "stream": True, "temperature": 0.0, "max_tokens": settings.llm_max_tokens,
@@ -233,9 +277,25 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=None, help="llama-server slots (default: the CPU budget's)")
     parser.add_argument("--rounds", type=int, default=1, help="batches of streams per level")
     parser.add_argument("--no-analysis", action="store_true", help="skip the first-analysis figures")
+    parser.add_argument("--no-router", action="store_true", help="skip the action router's figures")
+    parser.add_argument("--only-router", action="store_true", help="only the action router's figures")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     print(f"cores {os.cpu_count()}, load average {loadavg()} at start", flush=True)
+    if not args.only_router:
+        streams_and_analysis(levels, args)
+    if args.no_router:
+        return
+    print("\nAction router: first decision per question on a fresh llama-server vs a second one (other words)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for warm in (True, False):
+            row = router_figures(warm, Path(tmp))
+            print(f"  start-up warm-up {'on ' if warm else 'off'}: first {row['first_median_s']} s "
+                  f"(prefilled {row['first_prefilled']} tokens), second {row['second_median_s']} s (prefilled "
+                  f"{row['second_prefilled']}), median over {len(ROUTED)} questions")
+
+
+def streams_and_analysis(levels: list[int], args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = measure("llama-cpp-python", None, levels, args.rounds, Path(tmp))
         new = measure("llama-server", args.slots, levels, args.rounds, Path(tmp))
