@@ -212,6 +212,28 @@ def test_a_ticket_is_queued_for_the_tenants_webhook(conn: redis.Redis, redis_url
                                                                        actions.LINES["ticket"]["en"]]
 
 
+# Not the sentences the rule was written against (services.llm.guided.QUESTION): those are in its commit.
+ASKS_ABOUT_A_FAULT = ["Where do I send a broken item back?", "Could you tell me if faulty chargers are replaced "
+                      "for free?", "Which tickets include parking?", "Are damaged boxes refunded in full?",
+                      "Hi there. Do you fix laptops that stopped working?", "请问坏了的耳机可以换吗？",
+                      "屏幕坏了怎么办？"]
+ASKS_FOR_A_TICKET = ["I'd like to make a complaint about my bill.", "Can you open a ticket for my broken fridge?",
+                     "Could someone call me back about the damaged sofa?", "The app is not working since the update.",
+                     "I want to report a fault.", "Can I complain about the driver?", "我的耳机坏了。",
+                     "能帮我提交一个工单吗？", "Is it normal? My fridge is broken."]
+
+
+def test_a_question_about_a_fault_is_answered_and_a_fault_reported_is_ticketed() -> None:
+    from services.llm import guided
+
+    for question in ASKS_ABOUT_A_FAULT:
+        assert guided.candidates(question, []) == [], question  # no decision: the reply answers it
+    for report in ASKS_FOR_A_TICKET:
+        assert guided.candidates(report, []) == [actions.TICKET], report
+    # A person asked for beside a fault still gets both offered (the transfer first).
+    assert guided.candidates("My lamp is broken, can I talk to a person?", []) == [actions.TRANSFER, actions.TICKET]
+
+
 def test_only_words_about_an_action_ask_the_model_for_a_decision() -> None:
     from services.llm import guided
 
