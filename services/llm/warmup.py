@@ -151,7 +151,8 @@ async def _warm(url: str, headers: dict[str, str], settings: LlmSettings, slots:
         await warmer.when_idle(grammar_step(settings, slots - 1))
         warmer.took["grammar_s"] = round(time.monotonic() - start, 3)
         # A restore overwrites the slot without keeping what it held in the server's RAM cache, as a request
-        # on another prompt does (measured: the last router prompt was cold): one such request first.
+        # on another prompt does (measured: the analysis prompt was left cold, 241 of 245 tokens prefilled
+        # on a fresh server): one such request first.
         await warmer.when_idle(completion_step(tokens[:CHUNK_TOKENS], slots - 1))
         await warmer.fill(chat, tokens, [slots - 1], "_again")
     return warmer.took
@@ -305,7 +306,8 @@ def chat_prompt(settings: LlmSettings) -> tuple[list[dict[str, str]], list[dict[
 
 def router_prompts(settings: LlmSettings) -> list[str]:
     """The action router's system prompts (services.llm.guided): a caller's words that suggest an action
-    wait for its decision before the reply starts, and a cold prompt made that wait 2-3 s instead of 0.7-0.9."""
+    wait for its decision before the reply starts, and a cold prompt made the first one 1.7-3.2 s instead of
+    ~1.0 (bench/llm_server.py --only-router)."""
     if not (settings.llm_tools and settings.llm_tool_mode == "guided"):
         return []
     return [guided.router_prompt(names) for names in guided.builtin_picks()]

@@ -98,7 +98,8 @@ def test_the_action_routers_prompts_are_ready_on_a_fresh_server(fresh_server: st
         r = chat(fresh_server, words, max_tokens=24,
                  messages=[{"role": "system", "content": guided.router_prompt(names)},
                            {"role": "user", "content": words}],
-                 response_format={"type": "json_object", "schema": guided.decision_schema(names)})
+                 response_format={"type": "json_schema",  # as the engine asks (OpenAICompatEngine.structured)
+                                  "json_schema": {"name": "answer", "schema": guided.decision_schema(names)}})
         total, fresh = r["usage"]["prompt_tokens"], r["timings"]["prompt_n"]
         assert total > 100 and fresh < 30, f"{words!r}: {fresh} of {total} prompt tokens prefilled"
         assert json.loads(r["choices"][0]["message"]["content"])["action"] in [*names, guided.NONE]
