@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -287,12 +288,10 @@ def main() -> None:
     if args.no_router:
         return
     print("\nAction router: first decision per question on a fresh llama-server vs a second one (other words)")
-    with tempfile.TemporaryDirectory() as tmp:
-        for warm in (True, False):
-            row = router_figures(warm, Path(tmp))
-            print(f"  start-up warm-up {'on ' if warm else 'off'}: first {row['first_median_s']} s "
-                  f"(prefilled {row['first_prefilled']} tokens), second {row['second_median_s']} s (prefilled "
-                  f"{row['second_prefilled']}), median over {len(ROUTED)} questions")
+    for warm, row in with_and_without_warm_up(router_figures):
+        print(f"  start-up warm-up {'on ' if warm else 'off'}: first {row['first_median_s']} s "
+              f"(prefilled {row['first_prefilled']} tokens), second {row['second_median_s']} s (prefilled "
+              f"{row['second_prefilled']}), median over {len(ROUTED)} questions")
 
 
 def streams_and_analysis(levels: list[int], args: argparse.Namespace) -> None:
@@ -309,11 +308,16 @@ def streams_and_analysis(levels: list[int], args: argparse.Namespace) -> None:
     if args.no_analysis:
         return
     print("\nFirst call analysis on a fresh llama-server vs a warm one (target: first <= 2x warm)")
+    for warm, row in with_and_without_warm_up(analysis_figures):
+        print(f"  start-up warm-up {'on ' if warm else 'off'}: first {row['first']['s']} s, warm "
+              f"{row['warm']['s']} s, ratio {row['ratio']} (load average {row['loadavg']})")
+
+
+def with_and_without_warm_up(figures: Callable[[bool, Path], dict[str, Any]]) -> Iterator[tuple[bool, dict[str, Any]]]:
+    """`figures` on a fresh llama-server with its start-up warm-up on, then on another with it off."""
     with tempfile.TemporaryDirectory() as tmp:
         for warm in (True, False):
-            row = analysis_figures(warm, Path(tmp))
-            print(f"  start-up warm-up {'on ' if warm else 'off'}: first {row['first']['s']} s, warm "
-                  f"{row['warm']['s']} s, ratio {row['ratio']} (load average {row['loadavg']})")
+            yield warm, figures(warm, Path(tmp))
 
 
 if __name__ == "__main__":
