@@ -206,7 +206,7 @@ def test_barge_in_cancels_the_reply_and_history_keeps_what_was_heard(
                                                  and e["response"]["id"] == old, 10)
                 if done["response"]["status"] == "completed" and t_done < t_started:
                     return False
-                assert done["response"]["status"] == "cancelled"
+                assert done["response"]["status"] == "cancelled", done
                 old_deltas = [(t, e) for t, e in events.timed("response.output_audio.delta")
                               if e["response_id"] == old]
                 # The client plays from the first delta in real time (or until it runs out of audio, when the
