@@ -555,6 +555,8 @@ class CallSession:
                     metrics.VOICE_TO_VOICE.labels(self.transport).observe(v2v)
             else:
                 finished = event
+        if response.done:  # a barge-in, a cancel or the call's end got here first: it has said so
+            return
         response.done = True
         if finished is None or finished.status != JobStatus.DONE:
             reason = finished.reason if finished else "no_result"
