@@ -145,6 +145,9 @@ class GatewaySettings(CommonSettings):
         "up on it (the job's whole run may take longer).")
     call_max_per_tenant: int = Field(
         10, description="Concurrent calls a tenant may hold; one more is refused with a close reason (0: no cap).")
+    call_slot_wait_s: float = Field(
+        2.0, ge=0, description="How long a call over its tenant's cap waits for a slot before it is refused: a "
+        "caller who hangs up and calls again at once may find the last call still ending.")
     call_voice: str | None = Field(None, description="TTS voice for calls (none: the TTS worker's default).")
     call_audiosocket_port: int | None = Field(
         None, description="TCP port of the Asterisk AudioSocket listener the gateway opens (none: no listener). "

@@ -104,9 +104,22 @@ def test_concurrent_call_cap_per_tenant(gateway: tuple[str, dict[str, str]]) -> 
             async with websockets.connect(ws_url(base), additional_headers={
                     "Authorization": f"Bearer {keys['globex']}"}) as other:
                 await opened(other)
-        await asyncio.sleep(0.5)
         async with websockets.connect(ws_url(base), additional_headers=acme) as again:  # the slot was freed
             await opened(again)
+
+    asyncio.run(run())
+
+
+def test_a_caller_who_hangs_up_may_call_again_at_once(gateway: tuple[str, dict[str, str]]) -> None:
+    """At a cap of one call, each new call starts the moment the last one's socket has closed (the server
+    frees the slot only after the closing handshake)."""
+    base, keys = gateway
+
+    async def run() -> None:
+        for _ in range(5):
+            async with websockets.connect(ws_url(base), additional_headers={
+                    "Authorization": f"Bearer {keys['globex']}"}) as ws:
+                await opened(ws)
 
     asyncio.run(run())
 

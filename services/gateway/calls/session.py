@@ -767,15 +767,25 @@ class CallSession:
     # ---- lifecycle --------------------------------------------------------------------------------------
 
     async def start(self) -> bool:
-        """Take a call slot (False: the tenant is at its cap) and open the call."""
-        ok = await asyncio.to_thread(store.take_slot, self.conn, self.tenant, self.id,
-                                     self.settings.call_max_per_tenant)
-        if not ok:
+        """Take a call slot and open the call. False: the tenant was at its cap for all of `call_slot_wait_s`."""
+        if not await self._take_slot():
             return False
         metrics.ACTIVE.labels(self.transport).inc()
         registry.add(self)
         await self._save()
         self._spawn(self._watchdog())
+        return True
+
+    async def _take_slot(self) -> bool:
+        # A caller who hangs up and calls again at once may find their last call still holding a slot: the
+        # server ends a call (and frees its slot) only after the closing handshake, which the client has seen
+        # complete. So a call at the cap waits a moment for a slot before it is refused.
+        deadline = time.monotonic() + self.settings.call_slot_wait_s
+        while not await asyncio.to_thread(store.take_slot, self.conn, self.tenant, self.id,
+                                          self.settings.call_max_per_tenant):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
         return True
 
     async def run(self, receive: Coroutine[Any, Any, None], *, hung_up: str,
