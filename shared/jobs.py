@@ -229,6 +229,7 @@ class Chunk(Record):
     text: str
     blob_id: str | None = None
     duration_s: float = 0.0
+    word_ends_s: list[float] | None = None  # when each word of `text` ends in the audio, if the engine said
     sample_rate: int | None = None
     engine: str | None = None
     voice: str | None = None

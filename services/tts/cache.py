@@ -23,12 +23,25 @@ def key_for(engine: str, voice: str, speed: float, text: str) -> str:
     return PREFIX + hashlib.sha256(spec.encode()).hexdigest()
 
 
-def get(conn: redis.Redis, key: str) -> bytes | None:
-    """The cached WAV, counted as a hit or a miss of `cache="speech"`."""
-    value = conn.get(key)
-    metrics.inc(metrics.CACHE_HITS if value is not None else metrics.CACHE_MISSES, cache="speech")
-    return value if isinstance(value, bytes) or value is None else value.encode()
+WORDS = ":words"  # beside the WAV: when its words end (a live call keeps the words a caller heard)
 
 
-def put(conn: redis.Redis, key: str, wav: bytes, ttl_s: int) -> None:
-    conn.set(key, wav, ex=ttl_s)
+def get(conn: redis.Redis, key: str) -> tuple[bytes, list[float] | None] | None:
+    """The cached WAV and its word end times, counted as a hit or a miss of `cache="speech"`."""
+    wav, words = conn.mget(key, key + WORDS)
+    metrics.inc(metrics.CACHE_HITS if wav is not None else metrics.CACHE_MISSES, cache="speech")
+    if wav is None:
+        return None
+    return _bytes(wav), json.loads(words) if words is not None else None
+
+
+def put(conn: redis.Redis, key: str, wav: bytes, ttl_s: int, word_ends_s: list[float] | None = None) -> None:
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.set(key, wav, ex=ttl_s)
+        if word_ends_s is not None:
+            pipe.set(key + WORDS, json.dumps(word_ends_s), ex=ttl_s)
+        pipe.execute()
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()

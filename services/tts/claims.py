@@ -97,10 +97,11 @@ def _synthesize(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines
     routed = synth.route(engines, settings, text, language=opts.language, voice=opts.voice, engine=opts.engine)
     cacheable = settings.tts_cache_ttl_s > 0 and len(text) <= settings.tts_cache_max_chars
     start = time.perf_counter()
-    wav = cache.get(conn, cache.key_for(routed.engine.name, routed.voice_name, opts.speed, text)) if cacheable \
+    cached = cache.get(conn, cache.key_for(routed.engine.name, routed.voice_name, opts.speed, text)) if cacheable \
         else None
-    if wav is not None:
-        speech = formats.read_wav(wav)
+    if cached is not None:
+        wav, speech = cached[0], formats.read_wav(cached[0])
+        speech.word_ends_s = cached[1]
         spoken: dict[str, Any] = {"engine": routed.engine.name, "voice": routed.voice_name, "language": routed.language,
                   "fallback": None, "cached": True, "synth_s": 0.0}
     else:
@@ -110,12 +111,13 @@ def _synthesize(conn: redis.Redis, settings: TtsSettings, engines: synth.Engines
                   "fallback": result.fallback, "cached": False, "synth_s": round(result.seconds, 4)}
         if cacheable:  # under the engine that actually spoke: a fallback's audio is not edge's
             cache.put(conn, cache.key_for(result.engine, result.voice, opts.speed, text), wav,
-                      settings.tts_cache_ttl_s)
+                      settings.tts_cache_ttl_s, speech.word_ends_s)
     metrics.inc(metrics.AUDIO_SECONDS, speech.duration_s, stage="tts")
     blob_id = RedisBlobStore(conn).put(wav, formats.CONTENT_TYPES["wav"], settings.blob_ttl_s,
                                        tenant=job.tenant)
     return Chunk.model_validate({"seq": seq, "blob_id": blob_id, "duration_s": round(speech.duration_s, 4),
                                  "sample_rate": speech.sample_rate, "text": text, **spoken,
+                                 "word_ends_s": [round(t, 3) for t in speech.word_ends_s or []] or None,
                                  "ready_s": round(time.perf_counter() - start, 4)})
 
 

@@ -240,6 +240,9 @@ def test_speech_cache_serves_a_repeated_sentence_without_synthesis(conn: redis.R
     assert metric("voicequeue_cache_hits_total", cache="speech") == hits + 1
     assert metric("voicequeue_cache_misses_total", cache="speech") == misses + 1
     assert blob_bytes(conn, second["blob_id"]) == blob_bytes(conn, first["blob_id"])
+    # Each word's end time comes with the audio, from the cache too (a live call places a barge-in's cut by them).
+    assert len(first["word_ends_s"]) == len(SENTENCE.split()) and second["word_ends_s"] == first["word_ends_s"]
+    assert first["word_ends_s"][-1] == pytest.approx(first["duration_s"], abs=0.01)
     assert second["duration_s"] == first["duration_s"] and second["engine"] == "piper"
     print(f"sentence: synthesis {first['ready_s']:.3f} s, cache hit {second['ready_s']:.4f} s")
     assert second["ready_s"] < first["synth_s"] / 5
@@ -257,7 +260,7 @@ def test_speech_cache_entries_expire(conn: redis.Redis, local_engines: synth.Eng
     assert produce(conn, settings, local_engines, new_job(conn, settings), 0, SENTENCE) is not None
     assert local_engines.piper is not None
     key = cache.key_for("piper", local_engines.piper.voice, 1.0, SENTENCE)
-    assert 0 < conn.pttl(key) <= 1000
+    assert 0 < conn.pttl(key) <= 1000 and 0 < conn.pttl(key + cache.WORDS) <= 1000
     assert produce(conn, settings, local_engines, new_job(conn, settings), 0, SENTENCE)["cached"]  # type: ignore[index]
     time.sleep(1.1)
     again = produce(conn, settings, local_engines, new_job(conn, settings), 0, SENTENCE)

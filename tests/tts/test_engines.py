@@ -54,6 +54,28 @@ def test_piper_round_trip_through_whisper(local_engines: synth.Engines, whisper_
     assert wer(text, heard) <= 0.25, heard
 
 
+def test_piper_says_when_each_word_ends(local_engines: synth.Engines, whisper_tiny) -> None:
+    """Cut the audio where piper says a word ends: whisper hears exactly the words before the cut."""
+    piper = local_engines.piper
+    assert piper is not None
+    text = SENTENCES[0]
+    words = text.split()
+    speech = piper.synthesize(text, voice=None, language="en", speed=1.0)
+    ends = speech.word_ends_s
+    assert ends is not None and len(ends) == len(words)
+    assert ends == sorted(ends) and ends[0] > 0 and abs(ends[-1] - speech.duration_s) < 0.01
+    for n in (3, 7, 12):
+        head = Speech(speech.pcm[: int(ends[n - 1] * speech.sample_rate)], speech.sample_rate)
+        heard = transcribe(whisper_tiny, head, "en")
+        assert wer(" ".join(words[:n]), heard) <= 0.2, (n, heard)
+    # Faster speech: the times are the faster audio's.
+    fast = piper.synthesize(text, voice=None, language="en", speed=2.0)
+    assert fast.word_ends_s is not None and abs(fast.word_ends_s[-1] - fast.duration_s) < 0.01
+    assert fast.word_ends_s[6] < 0.8 * ends[6]
+    # espeak reads "$25" as "twenty five dollars": its words are not the text's, so it says nothing.
+    assert piper.synthesize("It costs $25.", voice=None, language="en", speed=1.0).word_ends_s is None
+
+
 def test_piper_speed_maps_to_length_scale(local_engines: synth.Engines) -> None:
     piper = local_engines.piper
     assert piper is not None

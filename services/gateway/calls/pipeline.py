@@ -97,6 +97,7 @@ class Sentence:
     text: str
     pcm: bytes
     rate: int
+    word_ends_s: list[float] | None = None  # when each word of `text` ends, if the TTS engine said
 
     @property
     def duration_ms(self) -> float:
@@ -139,7 +140,7 @@ async def reply_events(conn: redis.Redis, aconn: aioredis.Redis, job_id: str, ra
             found = await asyncio.to_thread(reply_audio.chunk_pcm, conn, job_id, seq, rate)
             record = await asyncio.to_thread(jobs.get_chunk, conn, job_id, seq)
             if found is not None and record is not None:
-                yield Sentence(seq, str(record.text or ""), found[0], rate)
+                yield Sentence(seq, str(record.text or ""), found[0], rate, record.word_ends_s)
         if type_ in events.TERMINAL:
             status = {"job.done": jobs.JobStatus.DONE, "job.failed": jobs.JobStatus.FAILED}.get(
                 type_, jobs.JobStatus.CANCELLED)

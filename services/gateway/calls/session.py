@@ -51,6 +51,15 @@ class Sentence:
     text: str
     start_ms: float
     duration_ms: float
+    word_ends_ms: list[float] | None = None  # from the TTS engine; else the cut is placed by characters
+
+    def heard(self, heard_ms: float) -> str:
+        """What of this sentence was heard when playback stopped at `heard_ms` (of the whole reply)."""
+        if self.word_ends_ms is None:
+            return _cut(self.text, (heard_ms - self.start_ms) / self.duration_ms)
+        words = self.text.split()
+        n = sum(1 for end in self.word_ends_ms if self.start_ms + end <= heard_ms + 1)
+        return " ".join(words[:n]) + ("…" if n < len(words) else "") if n else ""
 
 
 @dataclass
@@ -76,7 +85,7 @@ class Item:
             if s.start_ms + s.duration_ms <= self.heard_ms + 1:
                 parts.append(s.text)
             elif s.start_ms < self.heard_ms:
-                parts.append(_cut(s.text, (self.heard_ms - s.start_ms) / s.duration_ms))
+                parts.append(s.heard(self.heard_ms))
         return " ".join(p for p in parts if p).strip()
 
 
@@ -600,7 +609,9 @@ class CallSession:
             if response.first_audio_at is None:
                 response.first_audio_at = response.play_base_at = time.monotonic()
         item.sent_ms += sentence.duration_ms
-        item.sentences.append(Sentence(sentence.text, start_ms, sentence.duration_ms))
+        ends = sentence.word_ends_s
+        item.sentences.append(Sentence(sentence.text, start_ms, sentence.duration_ms,
+                                       None if ends is None else [1000 * t for t in ends]))
         self.cost["audio_out_s"] += sentence.duration_ms / 1000
         await self.emit("x.sentence_end", item_id=item.id, audio_end_ms=int(item.sent_ms))
 

@@ -12,6 +12,9 @@ import numpy as np
 class Speech:
     pcm: np.ndarray  # int16, mono
     sample_rate: int
+    # When each whitespace-separated word of the text ends, in seconds from the start of `pcm`; None when the
+    # engine cannot tell. A live call uses them to keep exactly the words a caller heard before cutting in.
+    word_ends_s: list[float] | None = None
 
     @property
     def duration_s(self) -> float:

@@ -1,4 +1,5 @@
-"""What the caller heard, from each sentence's recorded audio length (not a characters-per-second guess)."""
+"""What the caller heard, from each sentence's recorded audio length and, when the TTS engine gives them, its words' end
+times (not a characters-per-second guess)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,23 @@ def test_whole_sentences_by_their_audio_length() -> None:
     assert half.startswith("Hmm, well. Your order ships") and half.endswith("…")
     assert "courier" not in half and "Anything" not in half  # cut at a word boundary, nothing unheard
     assert reply(sentences, 0).heard_text() == ""
+
+
+def test_word_times_from_the_tts_engine_place_the_cut() -> None:
+    """With the engine's word end times the cut falls after the last word that ended, whatever the
+    characters: a long pause after "Well," leaves the rest unheard although it is most of the text."""
+    item = Item("item_1", "assistant", "Well, your order ships tomorrow.", 0.0, audio=True)
+    item.sentences.append(Sentence("Well, your order ships tomorrow.", 0.0, 3000.0,
+                                   [1400.0, 1900.0, 2200.0, 2500.0, 3000.0]))
+    item.sent_ms = 3000.0
+    for heard_ms, text in ((1000, ""), (1400, "Well,…"), (2100, "Well, your…"), (2900, "Well, your order ships…"),
+                           (3000, "Well, your order ships tomorrow.")):
+        item.heard_ms = heard_ms
+        assert item.heard_text() == text, heard_ms
+    item.heard_ms = 1500
+    assert item.sentences[0].heard(1500) == "Well,…"
+    item.sentences[0].word_ends_ms = None  # no word times: by characters, which puts the cut further on
+    assert item.heard_text() == "Well, your order…"
 
 
 def test_chinese() -> None:
