@@ -250,7 +250,9 @@ def test_barge_in_cancels_the_reply_and_history_keeps_what_was_heard(
         # transcript ends: in a reply cut after three words that alone is a WER of 0.67 ("Sure, I can" against
         # "Sure. I can tell you-"). So: at most 35 % of the words wrong, or at most two.
         kept = said.rstrip("…")
-        errors = wer(kept, transcribe(stack, played, RATE)) * max(1, len(normalize(kept).split()))
+        played_text = transcribe(stack, played, RATE)
+        errors = wer(kept, played_text) * max(1, len(normalize(kept).split()))
+        print(f"heard {kept!r}; the played audio says {played_text!r}: {errors:.0f} words wrong")
         assert errors <= max(2.0, 0.35 * len(normalize(kept).split())), (kept, errors)
         assert asked["inputs"]["text"] == heard["transcript"]
         return True
