@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job as RqJob
 
 from shared import events, jobs, keys, queues
@@ -54,10 +55,13 @@ def purge_job(conn: redis.Redis, job_id: str, *, keep_events_s: int = 0) -> int:
     `keep_events_s` > 0 keeps the event stream that long instead, so listeners get a final event.
     """
     record = jobs.fetch(conn, job_id)
-    for rq_id in rq_job_ids(conn, job_id, record):
+    rq_ids = rq_job_ids(conn, job_id, record)
+    for rq_id in rq_ids:
         # A worker may finish (and rq delete) the job between fetch and delete.
         with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
             RqJob.fetch(rq_id, connection=conn).delete(remove_from_queue=True)
+    if rq_ids:
+        conn.delete(*first_seen_keys(conn, rq_ids))
     doomed = [jobs.key(job_id)]
     if record is not None:
         doomed += [keys.blob(blob_id) for blob_id in record.blob_ids()]
@@ -66,6 +70,13 @@ def purge_job(conn: redis.Redis, job_id: str, *, keep_events_s: int = 0) -> int:
     else:
         doomed.append(events.stream_key(job_id))
     return int(conn.delete(*doomed))
+
+
+def first_seen_keys(conn: redis.Redis, rq_ids: list[str]) -> list[str]:
+    """rq's markers of a job it found between dequeue and start (`rq:queue:<q>:intermediate:first_seen:<id>`,
+    a timestamp kept a day): they name the job, so a purge takes them too."""
+    return [IntermediateQueue(queues.rq_key(q), conn).get_first_seen_key(rq_id)
+            for q in queues.all_names() for rq_id in rq_ids]
 
 
 def untimed(conn: redis.Redis, match: str = f"{keys.PREFIX}*", count: int = 1000) -> list[str]:

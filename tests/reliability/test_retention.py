@@ -16,6 +16,7 @@ import httpx
 import pytest
 import redis
 from rq import Queue, SimpleWorker
+from rq.intermediate_queue import IntermediateQueue
 from rq.registry import FailedJobRegistry
 
 from services.gateway import batches
@@ -40,7 +41,8 @@ def keys_of(conn: redis.Redis, *ids: str) -> list[str]:
 
 
 def queued_rq_jobs(conn: redis.Redis) -> set[str]:
-    ids = [i for q in conn.scan_iter(match="rq:queue:*") for i in conn.lrange(q, 0, -1)]
+    # (rq keeps other keys under the prefix too: `rq:queue:<q>:intermediate:first_seen:<id>` is a string.)
+    ids = [i for q in conn.scan_iter(match="rq:queue:*", _type="list") for i in conn.lrange(q, 0, -1)]
     return {f"rq:job:{i.decode() if isinstance(i, bytes) else i}" for i in ids}
 
 
@@ -81,6 +83,9 @@ def test_purge_job_leaves_nothing(conn: redis.Redis) -> None:
     assert retention.rq_job_ids(conn, job_id, record) == sorted(
         queues.rq_job_id(job_id, s) for s in ("asr", "llm", "tts", "tts0", "tts1"))
 
+    # rq marks a job it finds between dequeue and start (`rq:queue:<q>:intermediate:first_seen:<rq id>`, a
+    # day): the marker names the job, so it goes too.
+    IntermediateQueue(queues.rq_key("llm:live"), conn).set_first_seen(queues.rq_job_id(job_id, "llm"))
     assert retention.purge_job(conn, job_id) == 4  # record, events, two blobs
     assert keys_of(conn, job_id, *owned) == []
     waiting = Queue("llm:live", connection=conn).get_job_ids() + Queue("tts:live", connection=conn).get_job_ids()
