@@ -72,6 +72,10 @@ def test_piper_says_when_each_word_ends(local_engines: synth.Engines, whisper_ti
     fast = piper.synthesize(text, voice=None, language="en", speed=2.0)
     assert fast.word_ends_s is not None and abs(fast.word_ends_s[-1] - fast.duration_s) < 0.01
     assert fast.word_ends_s[6] < 0.8 * ends[6]
+    # A gap espeak leaves before the end ("steps: ") is no word: the last word runs to the end.
+    colon = piper.synthesize("To reset your router, follow these steps:", voice=None, language="en", speed=1.0)
+    assert colon.word_ends_s is not None and len(colon.word_ends_s) == 7
+    assert abs(colon.word_ends_s[-1] - colon.duration_s) < 0.01
     # espeak reads "$25" as "twenty five dollars": its words are not the text's, so it says nothing.
     assert piper.synthesize("It costs $25.", voice=None, language="en", speed=1.0).word_ends_s is None
 

@@ -18,6 +18,8 @@ from services.tts.engines.base import Speech, base_language
 from shared import models
 
 SHIPPED_VOICE = "en_US-joe-medium"
+# Alignment entries that are no sound of a word: the word gap, start and end of a sentence, punctuation.
+SILENT = frozenset(" ^$_.,:;!?…—-\"'()")
 
 
 def voice_paths(voice: str) -> tuple[Path, Path]:
@@ -50,18 +52,25 @@ def _session(model: bytes, threads: int | None) -> onnxruntime.InferenceSession:
 
 
 def word_ends(chunks: list[AudioChunk], rate: int) -> list[float] | None:
-    """When each spoken word ends (seconds): a word ends where espeak's word gap (" ") or the sentence ends.
-    None when a chunk has no alignments."""
+    """When each spoken word ends (seconds): where espeak's word gap (" ") begins, the last word of a chunk at
+    the chunk's end. None when a chunk has no alignments."""
     ends: list[float] = []
     samples = 0
     for chunk in chunks:
         if chunk.phoneme_alignments is None:
             return None
+        in_word = False
         for aligned in chunk.phoneme_alignments:
-            if aligned.phoneme == " ":
-                ends.append(float(samples / rate))  # where the gap after the word begins
+            if aligned.phoneme == " " and in_word:
+                ends.append(samples / rate)
+                in_word = False
+            elif aligned.phoneme not in SILENT:
+                in_word = True
             samples += aligned.num_samples
-        ends.append(float(samples / rate))
+        if in_word:
+            ends.append(samples / rate)
+        elif ends:  # a gap before the end ("steps: "): the last word runs to the chunk's end
+            ends[-1] = samples / rate
     return ends
 
 
