@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -117,13 +118,20 @@ UNREPLICATED = Counter("voicequeue_redis_unreplicated_writes", "Submissions answ
                        "acknowledged them (Redis WAIT timed out).", [])
 
 
-def wait_for_replicas(conn: redis.Redis, settings: CommonSettings) -> int | None:
+def wait_for_replicas(conn: redis.Redis, settings: CommonSettings,
+                      holding: Sequence[tuple[str, str]] = ()) -> int | None:
     """Block until `redis_wait_replicas` replicas hold every write made so far, or the timeout passes;
     returns how many acknowledged (None: waiting is off).
 
     WAIT counts the writes of the connection it runs on, and a pooled client spreads a request's
     writes over several. So it follows a write of its own on the same connection: the replication
     stream is ordered, so a replica that has this probe has everything written before it.
+
+    That holds only for writes to this same server. In a failover a request's writes can be split
+    between the old primary and the new one (a connection retried onto the new one, or opened on
+    a restarted old primary a lagging Sentinel still names), and WAIT on one says nothing of the
+    other. So `holding` names a hash field of each thing the request wrote, `(key, field)`; if this
+    server lacks any, the request is refused (ConnectionError), not acknowledged.
     """
     timeout_ms = settings.redis_wait_ms
     if timeout_ms <= 0:
@@ -132,7 +140,14 @@ def wait_for_replicas(conn: redis.Redis, settings: CommonSettings) -> int | None
     pipe.set(REPLICATION_PROBE, time.time(), px=60_000)
     pipe.execute_command("WAIT", settings.redis_wait_replicas, timeout_ms)  # type: ignore[no-untyped-call]
     pipe.execute_command("INFO", "server")  # type: ignore[no-untyped-call]  # which server took the writes
-    _, acked, info = pipe.execute()
+    for key, field in holding:
+        pipe.hexists(key, field)
+    _, acked, info, *held = pipe.execute()
+    missing = [key for (key, _), present in zip(holding, held, strict=True) if not present]
+    if missing:
+        log.warning("a request's writes are not all on the server that would confirm them",
+                    extra={"run_id": info["run_id"], "missing": missing})
+        raise redis.ConnectionError("a Redis failover split this request's writes between two servers")
     acked = int(acked)
     if acked < settings.redis_wait_replicas:
         pool = conn.connection_pool

@@ -47,6 +47,13 @@ def rq_job_id(job_id: str, stage: str) -> str:
     return f"{job_id}_{stage}"
 
 
+def written(job_id: str, stage: str) -> list[tuple[str, str]]:
+    """Hash fields a server holds once it holds a submission: the record `jobs.create` wrote, and the enqueue
+    marker of its first `stage`, written with the rq job in one transaction. (Not the rq job itself: a fast
+    stage may have finished and deleted it already.)"""
+    return [(jobs.key(job_id), keys.JOB_META), (jobs.key(job_id), keys.enqueued_field(stage))]
+
+
 def timeout_s(settings: CommonSettings, audio_s: float, stage: str = "asr") -> int:
     """rq's hard limit for a stage: ASR and TTS scale with the audio; the LLM's with its own bound
     (a structured call analysis is several non-streamed requests on a shared, possibly busy server)."""

@@ -103,8 +103,10 @@ def add_call(
     info: dict[str, Any],
     options: dict[str, Any],
     tenant: str = OPEN_TENANT,
+    written: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Store one accepted recording and enqueue its job on `asr:batch`; the job and blob belong to `tenant`."""
+    """Store one accepted recording and enqueue its job on `asr:batch`; the job and blob belong to `tenant`.
+    `written` gets a hash field of each thing stored (`connection.wait_for_replicas` checks them)."""
     job_id = jobs.new_id()
     blob_id = RedisBlobStore(conn).put(data, content_type, settings.blob_ttl_s, tenant=tenant)
     inputs = {"blob_id": blob_id, "filename": filename, **info}
@@ -117,6 +119,9 @@ def add_call(
     member = put_member(conn, batch_id, seq, {"file": filename, "hash": sha, "duration_s": info["duration_s"],
                                               "job_id": job_id}, settings.job_ttl_s)
     queues.enqueue(conn, settings, job_id, call_plan[0], "batch", float(info["duration_s"]))
+    if written is not None:
+        written += [(RedisBlobStore.key(blob_id), keys.BLOB_DATA), (key(batch_id), keys.batch_member_field(seq)),
+                    *queues.written(job_id, call_plan[0])]
     return member
 
 

@@ -15,7 +15,7 @@ from fastapi import Request
 from services.gateway import admission
 from services.gateway.config import GatewaySettings
 from services.gateway.uploads import CheckedAudio
-from shared import connection, events, jobs, queues
+from shared import connection, events, jobs, keys, queues
 from shared.blobs import RedisBlobStore
 
 
@@ -53,7 +53,10 @@ def submit(
         if "blob_id" in inputs:
             RedisBlobStore(conn).delete(inputs["blob_id"])
         raise admission.refusal(conn, settings, full) from None
-    connection.wait_for_replicas(conn, settings)
+    written = queues.written(job_id, first)
+    if "blob_id" in inputs:
+        written.append((RedisBlobStore.key(inputs["blob_id"]), keys.BLOB_DATA))
+    connection.wait_for_replicas(conn, settings, holding=written)
     return job_id
 
 

@@ -138,5 +138,7 @@ def test_killing_the_primary_loses_no_acknowledged_job(cluster: SentinelCluster,
           f"after the kill at +{first_after - killed_at:.2f} s; submissions {len(attempts)}, accepted "
           f"{len(accepted)}, refused {len(refused)} (503 redis_unavailable, longest "
           f"{max((a.took for a in refused), default=0):.2f} s); acknowledged jobs lost: {len(lost)}")
-    assert lost == [], {i: states[i] for i in lost}
+    when = {a.job_id: f"accepted at {a.sent + a.took - killed_at:+.2f} s, status {states[a.job_id]}"
+            for a in accepted if a.job_id in lost}  # relative to the kill; the new primary: above
+    assert lost == [], when
     assert len(states) == len(accepted)

@@ -93,3 +93,21 @@ def test_only_the_primary_most_sentinels_name_counts(cluster: SentinelCluster) -
     other = "replica" if primary == "primary" else "primary"
     assert connection.named_primary(manager, MASTER, run_ids[primary])
     assert not connection.named_primary(manager, MASTER, run_ids[other])
+
+
+def test_writes_the_confirming_server_lacks_are_not_acknowledged(cluster: SentinelCluster) -> None:
+    """In a failover one request's writes can land on two servers (the old primary, then the new one);
+    WAIT on one confirms nothing about the other, so a request whose writes it does not all hold is refused."""
+    conn = connection.connect(settings(cluster))
+    conn.hset("vq:test:record", "meta", "{}")
+    conn.hset("vq:test:rqjob", "created_at", "now")
+    held = [("vq:test:record", "meta"), ("vq:test:rqjob", "created_at")]
+    assert connection.wait_for_replicas(conn, settings(cluster), holding=held) == 1
+    conn.delete("vq:test:rqjob")  # as if the enqueue had gone to the other server
+    with pytest.raises(redis.ConnectionError, match="split this request's writes"):
+        connection.wait_for_replicas(conn, settings(cluster), holding=held)
+    conn.hdel("vq:test:record", "meta")
+    conn.hset("vq:test:record", "stage:asr", "{}")  # a field a later write added is not the record
+    conn.hset("vq:test:rqjob", "created_at", "now")
+    with pytest.raises(redis.ConnectionError):
+        connection.wait_for_replicas(conn, settings(cluster), holding=held)

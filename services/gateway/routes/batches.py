@@ -64,7 +64,7 @@ def _call_options(options: dict[str, Any], form: Any) -> dict[str, Any]:
 
 
 def _accept(conn: redis.Redis, settings: GatewaySettings, batch_id: str, options: dict[str, Any],
-            upload: UploadFile, tenant: str) -> dict[str, Any]:
+            upload: UploadFile, tenant: str, written: list[tuple[str, str]]) -> dict[str, Any]:
     """One recording into the batch: a queued call, the call it duplicates, or a failed call with its reason."""
     data = upload.file.read(settings.batch_max_file_bytes + 1)
     upload.file.seek(0)
@@ -80,15 +80,20 @@ def _accept(conn: redis.Redis, settings: GatewaySettings, batch_id: str, options
                                                         "error": {"reason": exc.code, "message": exc.message}},
                                   settings.job_ttl_s)
     return batches.add_call(conn, settings, batch_id, seq, data=checked.data, content_type=checked.content_type,
-                            filename=name, sha=sha, info=checked.info.as_dict(), options=options, tenant=tenant)
+                            filename=name, sha=sha, info=checked.info.as_dict(), options=options, tenant=tenant,
+                            written=written)
 
 
 def _add(conn: redis.Redis, settings: GatewaySettings, batch_id: str, options: dict[str, Any],
          uploads: list[UploadFile], tenant: str) -> list[dict[str, Any]]:
+    """The recordings into the batch; acknowledged (with replicas to wait for) once a replica holds them."""
     held = int(conn.hget(batches.key(batch_id), keys.BATCH_COUNT) or 0)
     if held + len(uploads) > settings.batch_max_files:
         raise ApiError(413, "too_many_files", f"a batch holds at most {settings.batch_max_files} calls")
-    return [_accept(conn, settings, batch_id, options, u, tenant) for u in uploads]
+    written = [(batches.key(batch_id), keys.BATCH_META)]
+    added = [_accept(conn, settings, batch_id, options, u, tenant, written) for u in uploads]
+    connection.wait_for_replicas(conn, settings, holding=written)
+    return added
 
 
 def _stored_inputs(conn: redis.Redis, blobs: RedisBlobStore, ids: list[str], tenant: str) -> list[UploadFile]:
@@ -160,7 +165,6 @@ async def create_batch(request: Request, conn: RedisDep, blobs: BlobsDep, settin
         raise ApiError(413, "too_many_files", f"a batch holds at most {settings.batch_max_files} calls")
     batch_id = batches.create(conn, options, settings.job_ttl_s, tenant=tenant)
     added = await asyncio.to_thread(_add, conn, settings, batch_id, _call_options(options, form), uploads, tenant)
-    await asyncio.to_thread(connection.wait_for_replicas, conn, settings)  # acknowledged = on a replica
     return {"id": batch_id, "calls": added}
 
 
@@ -175,7 +179,6 @@ async def add_files(batch_id: str, request: Request, conn: RedisDep, settings: S
         raise ApiError(400, "no_files", "send at least one file in the multipart field 'files'")
     added = await asyncio.to_thread(_add, conn, settings, batch_id, _call_options(info["options"], form), uploads,
                                     tenant)
-    await asyncio.to_thread(connection.wait_for_replicas, conn, settings)
     return {"id": batch_id, "calls": added}
 
 
