@@ -102,6 +102,21 @@ def wait_done(cluster: SentinelCluster, ids: list[str], timeout_s: float = 120) 
     return states
 
 
+def where(cluster: SentinelCluster, job_id: str) -> str:
+    """The job's status on each server, and which one the Sentinels name: evidence for a lost job."""
+    seen = []
+    for name, port in cluster.ports.items():
+        if name in ("primary", "replica"):
+            conn = redis.Redis(port=port, socket_timeout=2)
+            try:
+                seen.append(f"{name} ({conn.info('replication')['role']}): {jobs.status(conn, job_id)}")
+            except redis.RedisError as exc:
+                seen.append(f"{name}: {exc}")
+            finally:
+                conn.close()
+    return f"{'; '.join(seen)}; Sentinels name port {cluster.primary_port()}"
+
+
 def test_killing_the_primary_loses_no_acknowledged_job(cluster: SentinelCluster, ha_stack: Stack) -> None:
     attempts: list[Attempt] = []
     stop = threading.Event()
@@ -138,7 +153,8 @@ def test_killing_the_primary_loses_no_acknowledged_job(cluster: SentinelCluster,
           f"after the kill at +{first_after - killed_at:.2f} s; submissions {len(attempts)}, accepted "
           f"{len(accepted)}, refused {len(refused)} (503 redis_unavailable, longest "
           f"{max((a.took for a in refused), default=0):.2f} s); acknowledged jobs lost: {len(lost)}")
-    when = {a.job_id: f"accepted at {a.sent + a.took - killed_at:+.2f} s, status {states[a.job_id]}"
-            for a in accepted if a.job_id in lost}  # relative to the kill; the new primary: above
-    assert lost == [], when
+    named = promoted_at - killed_at
+    assert lost == [], {a.job_id: f"sent at {a.sent - killed_at:+.2f} s, answered at {a.sent + a.took - killed_at:+.2f}"
+                        f" s (new primary named at {named:+.2f} s); {where(cluster, a.job_id)}"
+                        for a in accepted if a.job_id in lost}
     assert len(states) == len(accepted)
