@@ -30,7 +30,6 @@ from fastapi import FastAPI, File, Response, UploadFile  # noqa: E402
 
 from services.llm import prompts  # noqa: E402
 from services.llm.config import LlmSettings  # noqa: E402
-from services.llm.knowledge import grounding  # noqa: E402
 from shared import cpu, models  # noqa: E402
 
 LANGUAGE = "en"
@@ -61,9 +60,7 @@ class Engines:
 
     def reply(self, text: str) -> str:
         s = self.settings
-        # voicequeue's prompt for a tenant without documents: its own, plus the grounding instructions.
-        system = grounding.with_instructions(s.llm_system_prompt) if s.knowledge_enabled else s.llm_system_prompt
-        messages: Any = prompts.build(text, system=system, language=LANGUAGE)
+        messages: Any = prompts.build(text, system=s.llm_system_prompt, language=LANGUAGE)
         with self.llama_lock:
             out: Any = self.llama.create_chat_completion(messages=messages, temperature=s.llm_temperature,
                                                          max_tokens=s.llm_max_tokens)

@@ -77,11 +77,12 @@ def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
     system = system_for(job, settings)
     library = ctx.resources.library
     kb_index = library.index(ctx.conn, job.tenant) if library is not None else None
+    kb_active = kb_index is not None and len(kb_index) > 0
     cache_key = None
     if settings.llm_answer_cache and not history:
         # Only context-free turns: with history the same words can mean something else. With a knowledge
         # base, answers are kept per version of it, so an edited or deleted document answers at once.
-        version = f"\n[knowledge v{kb_index.version}]" if kb_index is not None and len(kb_index) else ""
+        version = f"\n[knowledge v{kb_index.version}]" if kb_index is not None and kb_active else ""
         cache_key = answer_cache.key_for(text, system_prompt=system + version, model=engine.model,
                                          language=language, tenant=job.tenant)
     cached = answer_cache.lookup(ctx.conn, cache_key) if cache_key else None
@@ -100,7 +101,7 @@ def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
     else:
         if cache_key:
             metrics.inc(metrics.CACHE_MISSES, cache="answer")
-        if library is not None:
+        if kb_active and library is not None:
             grounded = grounding.ground(ctx.conn, library, job.tenant, text, language, history, grounding.Limits(
                 settings.knowledge_top_k, settings.knowledge_relevance_min, settings.knowledge_coverage_min))
         acting = offer_actions(ctx, text, language, history)

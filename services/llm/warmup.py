@@ -284,8 +284,8 @@ def wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes] | None, timeo
 
 def chat_messages(settings: LlmSettings) -> list[dict[str, str]]:
     """The system prompt as the stage sends it (services.llm.tasks.answer_from_llm): native tool use adds the
-    actions' instructions, and with knowledge enabled every tenant's turn the grounding instructions (a tenant
-    without documents too), so one prefix is warm for all."""
+    actions' instructions, a tenant with a knowledge base the grounding instructions. A tenant without one
+    shares the prefix up to the end of the configured prompt, so both are warm."""
     system = settings.llm_system_prompt
     if settings.llm_tools and settings.llm_tool_mode == "native":
         system = f"{system}\n\n{actions.INSTRUCTIONS}"

@@ -21,7 +21,7 @@ from tests.stack import Stack
 
 JOBS = 3
 DELAY_S = 2.0
-REPLY = "We are open on weekdays, and happy to help."
+REPLY = "Our opening hours are nine to five."
 
 
 @pytest.fixture(scope="module")

@@ -237,20 +237,15 @@ class Limits:
 
 def ground(conn: Any, library: Library, tenant: str, text: str, language: str | None, history: list[Any],
            limits: Limits) -> Grounding | None:
-    """What the knowledge base says to this turn; a tenant without documents gets the instructions and the
-    figure guard, with no passages (a business question is answered "I don't know", not made up)."""
+    """What the knowledge base says to this turn, or None when the tenant has no knowledge base."""
     start = time.perf_counter()
     index = library.index(conn, tenant)
+    if not len(index):
+        return None
     fallback = dont_know(language, text)
     previous = [m["content"] for m in history if isinstance(m, dict) and m.get("role") == "user"
                 and isinstance(m.get("content"), str)]
     asked = " ".join([*previous[-2:], text])
-    if not len(index):
-        # No documents, so nothing about the business is known: the model still talks (greetings, the
-        # caller's own words) under the same instructions, but says no figure the caller did not give.
-        use = KnowledgeUse(outcome="no_knowledge_base", version=index.version,
-                           retrieval_s=round(time.perf_counter() - start, 4))
-        return Grounding(use, guard=FigureGuard(figures(asked)), fallback=fallback)
     if lexical.small_talk(text):
         use = KnowledgeUse(outcome="small_talk", version=index.version,
                            retrieval_s=round(time.perf_counter() - start, 4))

@@ -56,7 +56,7 @@ class Shop:
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     with started_stack(tmp_path_factory, "kb") as stack:
         conn = redis.Redis.from_url(stack.redis_url)
-        made = {t: keystore.create(conn, t)[0] for t in ("maple", "other", "blank")}
+        made = {t: keystore.create(conn, t)[0] for t in ("maple", "other")}
         yield Shop(stack, conn, made)
         conn.close()
 
@@ -161,30 +161,6 @@ def test_unanswerable_questions_invent_no_figure(loaded: Shop) -> None:
                 invented.append((question, job.reply.text, bad))
     assert invented == []
     assert offered >= 0.8 * len(UNANSWERABLE), f"a transfer was offered {offered} times"
-
-
-def test_a_tenant_without_documents_invents_no_figure(loaded: Shop) -> None:
-    """No knowledge base means nothing is known about the business: the bot still talks, but the shop's
-    hours, prices and terms are not made up (another tenant's documents are no help either)."""
-    asked = [q for q, _ in ANSWERABLE if not q.startswith(("Are you", "Is the", "Can I", "Do you", "Where"))][:8]
-    invented, offered = [], 0
-    with loaded.client("blank") as c:
-        for question in asked:
-            job = ask(c, question)
-            assert job.reply is not None and job.reply.knowledge is not None
-            assert job.reply.knowledge.outcome in ("no_knowledge_base", "guarded"), job.reply.knowledge
-            assert job.reply.knowledge.passages == []
-            bad = invented_figures(job.reply.text, question)
-            offered += any(w in norm(job.reply.text) for w in TRANSFER_WORDS)
-            print(f"{question} -> {job.reply.text!r} {job.reply.knowledge.outcome}"
-                  f"{' INVENTED ' + str(bad) if bad else ''}")
-            if bad:
-                invented.append((question, job.reply.text, bad))
-        hello = ask(c, "Hello, good morning!")
-    assert invented == []
-    assert offered >= 0.5 * len(asked), f"a transfer was offered {offered} times of {len(asked)}"
-    assert hello.reply is not None and hello.reply.text.strip()
-    assert not any(w in norm(hello.reply.text) for w in ("don't have that information",)), hello.reply.text
 
 
 def test_tenants_never_see_each_others_documents(loaded: Shop) -> None:
