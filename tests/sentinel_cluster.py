@@ -138,9 +138,21 @@ class SentinelCluster:
         return int(port or 0)
 
     def restart(self, name: str) -> None:
-        """Start a killed server again as it was (as k8s or compose would); the Sentinels then turn an
-        old primary into a replica of the new one."""
-        self._spawn(name, self.args[name])
+        """Start a killed server again the way deploy/k8s/overlays/ha/redis-ha.yaml does: following the
+        primary the Sentinels name, if that is another server.
+
+        Started as it was, an old primary comes back as a second primary holding its stale data, and
+        Sentinel may even promote it again: one run of the failover test saw a Sentinel declare the new
+        primary down a second after the switch, promote the restarted old one, and the new primary
+        resync from it, dropping a job it had acknowledged."""
+        args = list(self.args[name])
+        if "--replicaof" in args:
+            at = args.index("--replicaof")
+            del args[at:at + 3]
+        primary = self.primary_port()
+        if primary and primary != self.ports[name]:
+            args += ["--replicaof", "127.0.0.1", str(primary)]
+        self._spawn(name, args)
 
     def wait_new_primary(self, old_port: int, timeout_s: float = 60) -> int:
         """The port of the promoted replica, once a Sentinel names it and it answers as a primary."""

@@ -2,7 +2,8 @@
 
 One primary, one replica, three Sentinels (down after 1 s). The gateway, an llm worker and
 the CLI find the primary through the Sentinels. A client submits continuously (text chats
-answered from a FAQ, so no model runs); the primary is killed with SIGKILL. Every submission
+answered from a FAQ, so no model runs); the primary is killed with SIGKILL, then started again
+following the new primary (as deploy/k8s starts a Redis pod). Every submission
 that got a 202 must complete (the gateway answered only once a replica held the job: WAIT 1),
 and every refusal meanwhile must be a quick, clean 503 with
 Retry-After. The failover time and the refusals are printed for the record.
@@ -129,7 +130,7 @@ def test_killing_the_primary_loses_no_acknowledged_job(cluster: SentinelCluster,
         old = cluster.kill_primary()
         new = cluster.wait_new_primary(old)
         promoted_at = time.monotonic()
-        cluster.restart("primary")  # the old primary comes back; the Sentinels make it a replica
+        cluster.restart("primary")  # the old primary comes back as a replica of the new one, as in k8s
         deadline = time.monotonic() + 30
         while sum(a.status == 202 and a.sent > promoted_at for a in attempts) < 20:
             assert time.monotonic() < deadline, "submissions were not accepted again after the failover"
