@@ -5,15 +5,20 @@ voicequeue process at the Sentinels with names that exist.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from shared.config import CommonSettings
 from shared.connection import sentinel_addresses
 from tests.conftest import REPO
 from tests.deploy.test_compose import COMPOSE, SERVICES
 from tests.deploy.test_k8s import containers, objects
+from tests.sentinel_cluster import SentinelCluster
 
 MASTER = CommonSettings().redis_sentinel_master
 SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
@@ -41,7 +46,6 @@ def test_compose_ha_profile_has_a_replica_and_three_sentinels(tmp_path: Path) ->
     ha = {n for n, s in SERVICES.items() if "ha" in s.get("profiles", [])}
     assert ha == {"redis-replica", *SENTINELS}
     replica = SERVICES["redis-replica"]["command"]
-    assert replica[replica.index("--replicaof") + 1:][:2] == ["redis", "6379"]
     assert replica[replica.index("--appendonly") + 1] == "yes"
     volumes = set()
     for name in SENTINELS:
@@ -61,6 +65,51 @@ def test_compose_ha_profile_has_a_replica_and_three_sentinels(tmp_path: Path) ->
         start_script(svc["command"], tmp_path / name)
         assert (tmp_path / name / "sentinel.conf").read_text() == "kept\n"
     assert len(volumes) == 3 and volumes <= set(COMPOSE["volumes"]), "each Sentinel keeps its own config"
+
+
+def redis_start(service: str, sentinels: str = "", **env: str) -> list[str]:
+    """The arguments a compose Redis service's start script gives redis-server, run in a real shell with the
+    real redis-cli, and compose's `$$` escapes undone."""
+    command = list(SERVICES[service]["command"])
+    assert command[:2] == ["sh", "-c"] and command[3] == "redis-server"
+    script = command[2].replace("$$", "$")
+    environment = {k: v for k, v in SERVICES[service]["environment"].items() if not k.startswith("VQ_")}
+    done = subprocess.run(["sh", "-c", script, "echo", *command[4:]], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, **environment, "VQ_REDIS_SENTINELS": sentinels, **env}, check=True)
+    return done.stdout.splitlines()[-1].split()
+
+
+def replicaof(args: list[str]) -> list[str] | None:
+    return args[args.index("--replicaof") + 1:][:2] if "--replicaof" in args else None
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
+    c = SentinelCluster(tmp_path_factory.mktemp("compose-sentinel"))
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+def test_compose_redis_servers_take_their_first_roles_when_no_sentinel_answers() -> None:
+    """The first start of the "ha" profile (the Sentinels wait for Redis), and every start without it."""
+    for sentinels in ("", "sentinel-1.invalid:26379,sentinel-2.invalid:26379"):
+        primary, replica = redis_start("redis", sentinels), redis_start("redis-replica", sentinels)
+        assert replicaof(primary) is None and primary[primary.index("--appendonly") + 1] == "yes"
+        assert replicaof(replica) == ["redis", "6379"]
+    assert SERVICES["redis"]["environment"]["VQ_REDIS_SENTINELS"] == "${VQ_REDIS_SENTINELS:-}"
+
+
+def test_a_restarted_compose_redis_follows_the_primary_the_sentinels_name(cluster: SentinelCluster) -> None:
+    """After a failover the old primary comes back as a replica of the new one, not as a second primary with
+    its stale data (which a second failover could promote again, losing acknowledged jobs)."""
+    port = cluster.primary_port()
+    sentinels = f"sentinel-1.invalid:26379,{cluster.sentinels}"  # one that cannot answer is skipped
+    for service in ("redis", "redis-replica"):
+        assert replicaof(redis_start(service, sentinels)) == ["127.0.0.1", str(port)]
+    # The server the Sentinels name as the primary starts as one, even the one first started as a replica.
+    assert replicaof(redis_start("redis-replica", sentinels, REDIS_SELF=f"127.0.0.1:{port}")) is None
 
 
 def test_compose_documents_the_sentinel_setting_with_real_service_names() -> None:
