@@ -67,6 +67,7 @@ bench: models
 	$(PY) bench/llm_server.py
 	$(PY) bench/cpu_budget.py
 	$(PY) bench/concurrency.py
+	$(PY) bench/first_audio.py
 	$(PY) bench/scaleout.py
 	$(PY) bench/knowledge.py
 	$(PY) bench/tool_followup.py

@@ -11,7 +11,11 @@ the streamed turn speaks it) and real-time factor over whole replies, medians
 of `--rounds` runs. Kokoro's replies are also transcribed back (whisper base,
 zh, t2s) for their CER.
 
-Usage: `python bench/mandarin.py [--rounds 3] [--only asr|tts]`.
+Voices: Kokoro's round trip (whisper base, zh, beam 5, t2s; CER as tests/tts/test_kokoro.py scores it) for
+each bundled voice and `--speeds`, on the test's twelve replies and on twelve held-out ones written before
+any voice was tried, so a voice chosen on the first set is checked on the second.
+
+Usage: `python bench/mandarin.py [--rounds 3] [--only asr|tts|voices] [--speeds 1.0,0.85]`.
 """
 
 from __future__ import annotations
@@ -46,6 +50,21 @@ ZH_REPLIES = [
     "我们的营业时间是每天9:00到18:00，周末也正常营业。",
     "这件商品现在打八折，原价¥199，折后只要¥159.20。",
     "如有问题，请拨打客服热线400-123-4567，我们会尽快为您处理。",
+]
+# Not in any test: the held-out half of the voice comparison.
+HELD_OUT = [
+    "您的包裹已经发出，预计周五下午送到。",
+    "这款耳机的价格是¥299，现在有货。",
+    "门店地址是南京路100号，欢迎光临。",
+    "积分满500分可以兑换一张优惠券。",
+    "请提供您的订单号，我帮您查询。",
+    "换货需要在收到商品后7天内申请。",
+    "客服的工作时间是早上8:30到晚上9:00。",
+    "您的快递单号已经通过短信发送给您。",
+    "很抱歉让您久等了，我马上为您处理。",
+    "这张优惠券在12月31日之前有效。",
+    "大件商品的安装费是¥80。",
+    "如果商品有质量问题，我们免费退换。",
 ]
 EN_REPLIES = [
     "Hello, your order has shipped and should arrive tomorrow at nine in the morning.",
@@ -134,6 +153,23 @@ def round_trip(kokoro: KokoroEngine, whisper: Any) -> list[float]:
     return out
 
 
+def voices(whisper: Any, speeds: list[float]) -> None:
+    from tests.tts.test_kokoro import REPLIES
+    from tests.zh import hear, spoken_cer
+
+    kokoro = KokoroEngine(threads=2, models_dir=CommonSettings().models_dir)
+    kokoro.warm_up()
+    print("\nKokoro voices, round trip through whisper base (zh, beam 5, t2s): mean / max CER, replies <= 0.10")
+    print(f"{'voice':14s} {'speed':>5s} {'test replies (12)':>24s} {'held-out replies (12)':>24s}")
+    for voice, speed in itertools.product(sorted(kokoro.voices), speeds):
+        cells = []
+        for texts in (REPLIES, HELD_OUT):
+            cers = [spoken_cer(t, hear(whisper, kokoro.synthesize(t, voice=voice, language="zh", speed=speed)))
+                    for t in texts]
+            cells.append(f"{statistics.mean(cers):.3f} / {max(cers):.3f}, {sum(c <= 0.10 for c in cers):2d}/12")
+        print(f"{voice:14s} {speed:5.2f} {cells[0]:>24s} {cells[1]:>24s}", flush=True)
+
+
 def kokoro_reading(text: str) -> str:
     """Both sides in characters as spoken (whisper may write 9点 or 九点), 幺 as 一."""
     from services.tts.zh_normalize import normalize
@@ -144,7 +180,8 @@ def kokoro_reading(text: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", choices=("asr", "tts"))
+    ap.add_argument("--only", choices=("asr", "tts", "voices"))
+    ap.add_argument("--speeds", default="1.0", help="Kokoro speeds for --only voices, comma-separated")
     args = ap.parse_args()
     print(f"load average at start: {Path('/proc/loadavg').read_text().split()[:3]}")
     from faster_whisper import WhisperModel
@@ -153,6 +190,9 @@ def main() -> None:
     whisper = WhisperModel(str(models.whisper_base(CommonSettings().models_dir)), device="cpu",
                            compute_type="int8", cpu_threads=2)
     print(f"whisper base int8 load: {time.perf_counter() - start:.2f} s")
+    if args.only == "voices":
+        voices(whisper, [float(x) for x in args.speeds.split(",")])
+        return
     if args.only != "tts":
         rows = asr_table(whisper)
         greedy = next(r for r in rows if r["beam"] == 1 and not r["prompt"] and r["vad"])
