@@ -17,7 +17,6 @@ indefinitely.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import logging
 from typing import Any
@@ -57,9 +56,7 @@ def purge_job(conn: redis.Redis, job_id: str, *, keep_events_s: int = 0) -> int:
     record = jobs.fetch(conn, job_id)
     rq_ids = rq_job_ids(conn, job_id, record)
     for rq_id in rq_ids:
-        # A worker may finish (and rq delete) the job between fetch and delete.
-        with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
-            RqJob.fetch(rq_id, connection=conn).delete(remove_from_queue=True)
+        _delete_rq_job(conn, rq_id)
     if rq_ids:
         conn.delete(*first_seen_keys(conn, rq_ids))
     doomed = [jobs.key(job_id)]
@@ -70,6 +67,24 @@ def purge_job(conn: redis.Redis, job_id: str, *, keep_events_s: int = 0) -> int:
     else:
         doomed.append(events.stream_key(job_id))
     return int(conn.delete(*doomed))
+
+
+def _delete_rq_job(conn: redis.Redis, rq_id: str, attempts: int = 3) -> None:
+    """Delete one rq job, racing the worker that may be finishing it.
+
+    The worker may delete the job between our fetch and delete (NoSuchJobError), or the execution rq lists
+    for it (rq raises ValueError "Execution ... not found in Redis" from `Job.delete`: a live call's end was
+    cut short by it, leaving its slot held). Fetching again sees the job as it is now."""
+    for attempt in range(attempts):
+        try:
+            RqJob.fetch(rq_id, connection=conn).delete(remove_from_queue=True)
+            return
+        except (NoSuchJobError, InvalidJobOperation):
+            return
+        except ValueError:
+            if attempt == attempts - 1:
+                log.warning("rq job not deleted: its executions kept changing", extra={"rq_id": rq_id})
+                conn.delete(RqJob.key_for(rq_id))  # our record is gone anyway; rq's hash would expire
 
 
 def first_seen_keys(conn: redis.Redis, rq_ids: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ import pytest
 import redis
 from rq import Queue, SimpleWorker
 from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job as RqJob
 from rq.registry import FailedJobRegistry
 
 from services.gateway import batches
@@ -92,6 +93,22 @@ def test_purge_job_leaves_nothing(conn: redis.Redis) -> None:
     assert not [i for i in waiting if i.startswith(job_id)]
     assert jobs.load(conn, other) is not None and len(keys_of(conn, other)) >= 2  # the other job is untouched
     assert retention.purge_job(conn, job_id) == 0  # twice is harmless
+
+
+def test_purge_survives_an_execution_the_worker_just_removed(conn: redis.Redis) -> None:
+    """rq's `Job.delete` lists the job's executions, then fetches each: a worker finishing the job in between
+    makes it raise ValueError ("Execution ... not found in Redis"). A CI run saw that cut a live call's end
+    short, so the call kept its slot. The execution here is listed and its hash is gone, as in that race."""
+    settings = CommonSettings(redis_url="redis://unused")
+    job_id, _ = make_job(conn, settings)
+    rq_id = queues.rq_job_id(job_id, "llm")
+    registry = RqJob.fetch(rq_id, connection=conn).execution_registry
+    conn.zadd(registry.key, {"gone-execution": time.time() + 60})
+    with pytest.raises(ValueError, match="not found in Redis"):  # what rq itself does
+        RqJob.fetch(rq_id, connection=conn).delete(remove_from_queue=True)
+    conn.zadd(registry.key, {"gone-execution": time.time() + 60})
+    assert retention.purge_job(conn, job_id) >= 1
+    assert jobs.load(conn, job_id) is None and not conn.exists(RqJob.key_for(rq_id))
 
 
 def test_purge_removes_failed_rq_jobs_and_can_keep_events_briefly(conn: redis.Redis) -> None:

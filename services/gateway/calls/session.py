@@ -906,31 +906,36 @@ class CallSession:
         if self.end_reason is not None:
             return
         self.end_reason = reason
-        self._drop_eager("dropped")
-        for eager in list(self._eagers):  # adopted by a turn whose reply had not started yet
-            self._discard_eager_reply(eager, "dropped")
-        response, self.response = self.response, None
-        if response is not None and not response.done:
-            response.done = True
-            if response.task is not None:
-                response.task.cancel()
-            if response.job_id:
-                await asyncio.to_thread(pipeline.cancel, self.conn, self.settings, response.job_id)
-            self._record_reply(response, "cancelled")
-            await self.emit("response.done", response=protocol.response(response.id, "cancelled", [], reason=reason))
-        for task in list(self._tasks):
-            if task is not asyncio.current_task():
-                task.cancel()
-        for job_id in list(self._jobs):  # transcription pieces nobody will read
-            await asyncio.to_thread(pipeline.cancel, self.conn, self.settings, job_id)
-        if reason == registry.SHUTDOWN:
-            await self.emit_error("server_shutting_down", "this gateway is restarting, so the call has ended; "
-                                  "reconnect to start a new one", type_="server_error")
-        metrics.ACTIVE.labels(self.transport).dec()
-        metrics.ENDS.labels(self.transport, reason).inc()
-        await asyncio.to_thread(store.free_slot, self.conn, self.tenant, self.id)
-        await self._save()
-        self.closed.set()
+        # Whatever cancelling the call's work raises, the slot is freed and the record written: a CI run
+        # saw rq raise while deleting a reply job, and the call kept its slot with its record `active`.
+        try:
+            self._drop_eager("dropped")
+            for eager in list(self._eagers):  # adopted by a turn whose reply had not started yet
+                self._discard_eager_reply(eager, "dropped")
+            response, self.response = self.response, None
+            if response is not None and not response.done:
+                response.done = True
+                if response.task is not None:
+                    response.task.cancel()
+                if response.job_id:
+                    await asyncio.to_thread(pipeline.cancel, self.conn, self.settings, response.job_id)
+                self._record_reply(response, "cancelled")
+                cancelled = protocol.response(response.id, "cancelled", [], reason=reason)
+                await self.emit("response.done", response=cancelled)
+            for task in list(self._tasks):
+                if task is not asyncio.current_task():
+                    task.cancel()
+            for job_id in list(self._jobs):  # transcription pieces nobody will read
+                await asyncio.to_thread(pipeline.cancel, self.conn, self.settings, job_id)
+            if reason == registry.SHUTDOWN:
+                await self.emit_error("server_shutting_down", "this gateway is restarting, so the call has ended; "
+                                      "reconnect to start a new one", type_="server_error")
+        finally:
+            metrics.ACTIVE.labels(self.transport).dec()
+            metrics.ENDS.labels(self.transport, reason).inc()
+            await asyncio.to_thread(store.free_slot, self.conn, self.tenant, self.id)
+            await self._save()
+            self.closed.set()
         await self._notify_ended(reason)
 
     async def _notify_ended(self, reason: str) -> None:
