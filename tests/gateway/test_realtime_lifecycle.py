@@ -160,7 +160,15 @@ def test_dropped_socket_cancels_pending_work(stack: Stack, stack_redis: redis.Re
     time.sleep(3)  # anything still running finds the job gone and stores nothing
     assert "tts.chunk" not in events_after_cancel(stack_redis, job_id)
     assert queued_for_call(stack_redis, call_id) == []
-    assert stack_redis.zcard("vq:calls:active:public") == 0
+    # This call's slot is free. Not the whole set: the stack's Redis is shared by the session, and the calls
+    # other tests made on it (test_realtime_gateway.py runs and stops gateways of its own) are not this
+    # test's business. Two full runs found one slot in that set 3 s after this call had ended, not saying
+    # whose: the message now does.
+    held = {}
+    for member in stack_redis.zrange(keys.calls_active("public"), 0, -1):
+        other = json.loads(stack_redis.hget(keys.call(member.decode()), "record") or "{}")
+        held[member.decode()] = (other.get("status"), other.get("end_reason"))
+    assert call_id not in held, f"the dropped call still holds its slot; slots held now: {held}"
 
 
 @pytest.fixture
