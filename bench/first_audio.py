@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.concurrency import empty_caches, loadavg  # noqa: E402
 from bench.pipeline import clips, pct, wait_warm  # noqa: E402
-from bench.streaming import closed_loop  # noqa: E402
+from bench.streaming import closed_loop, event_times  # noqa: E402
 from shared import redis_server  # noqa: E402
 from tests.stack import Stack, free_port  # noqa: E402
 
@@ -44,29 +44,12 @@ PARTS = ("asr wait", "asr run", "llm wait", "to first delta", "server's first to
          "first audio")
 
 
-def events(client: httpx.Client, url: str, start: float) -> dict[str, float]:
-    """Seconds from `start` to the first `llm.delta`, the first `tts.chunk` and `job.done`."""
-    seen: dict[str, float] = {}
-    event = ""
-    with client.stream("GET", url, timeout=600) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                seen.setdefault(event, time.perf_counter() - start)
-                if event in ("job.done", "job.failed"):
-                    break
-    return seen
-
-
 def turn(client: httpx.Client, path: Path) -> dict[str, float]:
     posted, start = time.time(), time.perf_counter()
     with path.open("rb") as f:
         r = client.post("/v1/turns", files={"file": (path.name, f)}, data={"language": "en", "stream": "true"})
     r.raise_for_status()
-    seen = events(client, r.json()["events_url"], start)
-    if "job.done" not in seen:
-        raise RuntimeError(f"turn did not finish: {sorted(seen)}")
+    seen = event_times(client, r.json()["events_url"], start)
     job: dict[str, Any] = client.get(r.json()["status_url"]).json()
     asr, llm = job["stages"]["asr"], job["stages"]["llm"]
     return {

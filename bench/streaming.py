@@ -62,22 +62,32 @@ def raw_first_audio(raw: RawEngines, path: Path, llm: LlmSettings, language: str
 
 
 
-def stream_timings(client: httpx.Client, events_url: str, start: float) -> dict[str, float]:
-    """Read a job's SSE stream: seconds from `start` to the first `tts.chunk` ("ttfa") and to `job.done` ("total")."""
-    out: dict[str, float] = {}
+def event_times(client: httpx.Client, events_url: str, start: float) -> dict[str, float]:
+    """Read a job's SSE stream until it ends: seconds from `start` to the first event of each type. A failed
+    job raises with its error."""
+    seen: dict[str, float] = {}
     event = ""
     with client.stream("GET", events_url, timeout=600) as stream:
         for line in stream.iter_lines():
             if line.startswith("event: "):
                 event = line[7:]
-            elif line.startswith("data: ") and event == "tts.chunk" and "ttfa" not in out:
-                out["ttfa"] = time.perf_counter() - start
-            elif line.startswith("data: ") and event in ("job.done", "job.failed"):
-                out["total"] = time.perf_counter() - start
+            elif line.startswith("data: "):
+                seen.setdefault(event, time.perf_counter() - start)
                 if event == "job.failed":
                     raise RuntimeError(json.loads(line[6:]))
-                break
+                if event == "job.done":
+                    break
+    return seen
+
+
+def stream_timings(client: httpx.Client, events_url: str, start: float) -> dict[str, float]:
+    """Seconds from `start` to the first `tts.chunk` ("ttfa", if any) and to `job.done` ("total")."""
+    seen = event_times(client, events_url, start)
+    out = {"total": seen["job.done"]}
+    if "tts.chunk" in seen:
+        out["ttfa"] = seen["tts.chunk"]
     return out
+
 
 def follow_turn(client: httpx.Client, post: Any) -> dict[str, float]:
     """Submit, then read the SSE stream: seconds to the first `tts.chunk` and to `job.done`."""
