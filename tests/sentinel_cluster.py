@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,3 +176,13 @@ class SentinelCluster:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@contextlib.contextmanager
+def running(root: Path) -> Iterator[SentinelCluster]:
+    """A started cluster under `root`, stopped on exit (the tests' module fixtures)."""
+    cluster = SentinelCluster(root)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -18,7 +18,7 @@ from shared.connection import sentinel_addresses
 from tests.conftest import REPO
 from tests.deploy.test_compose import COMPOSE, SERVICES
 from tests.deploy.test_k8s import containers, objects
-from tests.sentinel_cluster import SentinelCluster
+from tests.sentinel_cluster import SentinelCluster, running
 
 MASTER = CommonSettings().redis_sentinel_master
 SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
@@ -85,11 +85,8 @@ def replicaof(args: list[str]) -> list[str] | None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
-    c = SentinelCluster(tmp_path_factory.mktemp("compose-sentinel"))
-    try:
-        yield c.start()
-    finally:
-        c.stop()
+    with running(tmp_path_factory.mktemp("compose-sentinel")) as c:
+        yield c
 
 
 def test_compose_redis_servers_take_their_first_roles_when_no_sentinel_answers() -> None:

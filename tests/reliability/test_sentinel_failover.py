@@ -22,7 +22,7 @@ import redis
 
 from shared import jobs
 from tests.reliability.partial import partial_stack
-from tests.sentinel_cluster import SentinelCluster
+from tests.sentinel_cluster import SentinelCluster, running
 from tests.stack import Stack, _voicequeue, free_port
 
 QUESTION = "What are your opening hours?"
@@ -41,11 +41,8 @@ class Attempt:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
-    c = SentinelCluster(tmp_path_factory.mktemp("sentinel"))
-    try:
-        yield c.start()
-    finally:
-        c.stop()
+    with running(tmp_path_factory.mktemp("sentinel")) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,13 @@ from redis.sentinel import Sentinel
 
 from shared import connection, metrics
 from shared.config import CommonSettings
-from tests.sentinel_cluster import MASTER, SentinelCluster
+from tests.sentinel_cluster import MASTER, SentinelCluster, running
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
-    c = SentinelCluster(tmp_path_factory.mktemp("conn-sentinel"))
-    try:
-        yield c.start()
-    finally:
-        c.stop()
+    with running(tmp_path_factory.mktemp("conn-sentinel")) as c:
+        yield c
 
 
 def settings(cluster: SentinelCluster, **more: object) -> CommonSettings:
