@@ -16,7 +16,7 @@ from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.llm.helpers import API_KEY, all_events, run_llm, sample, settings_for
 
 REPLY = ("Sure. Your order left our warehouse this morning and is on its way to you now. "
-         "It should arrive on Friday, between nine in the morning and five in the afternoon. "
+         "It should arrive on Friday, between the morning and the late afternoon. "
          "You will get a text message with the tracking number. Is there anything else I can do?")
 
 
@@ -75,11 +75,11 @@ def test_sentences_are_queued_while_the_reply_streams(conn: redis.Redis, redis_u
 
 
 def test_chinese_reply_is_cut_at_chinese_punctuation(conn: redis.Redis, redis_url: str) -> None:
-    reply = "您好，您的订单明天到。请问还有什么可以帮您？我们的营业时间是早上九点到晚上六点。"
+    reply = "您好，您的订单明天到。请问还有什么可以帮您？我们每天早上到晚上都营业。"
     with FakeOpenAI(default=Reply(reply, deltas=[reply[i:i + 2] for i in range(0, len(reply), 2)])) as fake:
         job_id = chat_job(conn, "我的订单在哪里？", language="zh")
         record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
-    expected = ["您好，您的订单明天到。", "请问还有什么可以帮您？我们的营业时间是早上九点到晚上六点。"]
+    expected = ["您好，您的订单明天到。", "请问还有什么可以帮您？我们每天早上到晚上都营业。"]
     assert [c["text"] for c in record["results"]["llm"]["chunks"]] == expected
     assert [c[2] for c in queued_chunks(conn)] == expected
 
@@ -205,7 +205,7 @@ def test_session_keeps_only_the_last_turns(conn: redis.Redis, redis_url: str) ->
 
 
 def test_cancel_stops_queueing_sentences(conn: redis.Redis, redis_url: str) -> None:
-    reply = " ".join(f"This is sentence number {i} of a very long answer that goes on." for i in range(30))
+    reply = " ".join(["This is yet another sentence of a very long answer that goes on."] * 30)
     with FakeOpenAI(default=Reply(reply, delta_delay_s=0.02)) as fake:
         job_id = chat_job(conn, "Talk a lot", session_id="cancelled")
         runner = threading.Thread(target=run_llm, args=(conn, settings_for(fake.base_url, redis_url), job_id))

@@ -21,7 +21,7 @@ from tests.stack import Stack
 
 JOBS = 3
 DELAY_S = 2.0
-REPLY = "Our opening hours are nine to five."
+REPLY = "Our opening hours are on our website."
 
 
 @pytest.fixture(scope="module")
