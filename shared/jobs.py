@@ -165,7 +165,7 @@ class KnowledgeUse(Record):
 
     passages: list[KnowledgePassage] = []
     found: bool = False  # a passage scored above the relevance threshold
-    outcome: str | None = None  # grounded, not_found (said it does not know), small_talk, guarded
+    outcome: str | None = None  # grounded, not_found (said it does not know), small_talk, no_documents, guarded
     retrieval_s: float | None = None
     version: int | None = None
 

@@ -96,6 +96,11 @@ class LlmSettings(CommonSettings):
         True, description="Ground replies on the tenant's knowledge base (POST /v1/knowledge/documents) when it "
         "has documents, and run the knowledge indexing jobs on llm:batch."
     )
+    knowledge_guard_without_documents: bool = Field(
+        True, description="For a tenant with no documents too, stop a reply at a number that neither the caller, "
+        "the conversation nor the system prompt gave (the model makes up opening hours and prices), and say "
+        "that the bot does not know instead. Off: such a tenant's replies are the model's own."
+    )
     knowledge_top_k: int = Field(3, ge=1, description="Most passages put in a reply's prompt.")
     knowledge_relevance_min: float = Field(
         0.55, ge=0.0, le=2.0, description="Least relevance of a passage to an English question to go into the "

@@ -103,7 +103,10 @@ def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
             metrics.inc(metrics.CACHE_MISSES, cache="answer")
         if kb_active and library is not None:
             grounded = grounding.ground(ctx.conn, library, job.tenant, text, language, history, grounding.Limits(
-                settings.knowledge_top_k, settings.knowledge_relevance_min, settings.knowledge_coverage_min))
+                settings.knowledge_top_k, settings.knowledge_relevance_min, settings.knowledge_coverage_min),
+                system)
+        elif settings.knowledge_guard_without_documents:
+            grounded = grounding.without_documents(system, text, language, history)
         acting = offer_actions(ctx, text, language, history)
         if grounded is not None and grounded.reply is not None and acting is None:
             reply = answer_fixed(ctx, grounded.reply, deltas)  # nothing relevant: nothing to make up from
@@ -123,8 +126,10 @@ def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
     if session_id:
         sessions.append_turn(ctx.conn, session_id, text, result.text, max_turns=settings.session_max_turns,
                              ttl_s=settings.session_ttl_s, tenant=job.tenant)
+    # A reply the figure guard cut is not kept: asked again, the model may answer without inventing.
+    guarded = grounded is not None and grounded.use.outcome == "guarded"
     if cache_key and cached is None and result.finish_reason == "stop" and result.text.strip() and \
-            not result.tool_calls:
+            not result.tool_calls and not guarded:
         answer_cache.put(ctx.conn, cache_key, result.text, settings.llm_answer_cache_ttl_s)
     ctx.emit_once("llm.done", {"text": result.text, "chunks": len(chunks.texts)})
     result.language, result.chunks = language, chunks.listed()
@@ -256,7 +261,7 @@ def answer_from_llm(
     native = acting is not None and settings.llm_tool_mode == "native"
     if native:
         system = f"{system}\n\n{actions.INSTRUCTIONS}"
-    if grounded is not None:
+    if grounded is not None and grounded.instructed:
         system = grounding.with_instructions(system)
     messages = prompts.build(text, system=system, language=language, history=history, turns=turns)
     if grounded is not None:

@@ -5,22 +5,40 @@ from __future__ import annotations
 import httpx
 
 from tests.gateway.helpers import decoded_seconds, post_chat, read_sse, types
+from tests.llm.knowledge.questions import invented_figures
 from tests.stack import Stack
 
-LONG_ASK = "Describe the sun in four short sentences."
+# No figures in the answer: a tenant without documents may not state a number nobody gave (docs/knowledge.md),
+# and the sun's distance or heat would stop the reply after its first sentence.
+LONG_ASK = "Describe the sea in four short sentences."
 
 
 def test_chat_text_only(client: httpx.Client) -> None:
-    links = post_chat(client, "What is two plus two? Answer with the number.", speak=False)
+    links = post_chat(client, "What colour is a clear daytime sky? Answer in one word.", speak=False)
     assert "audio_url" not in links and "audio_stream_url" not in links
     evs = read_sse(client, links["events_url"])
     assert types(evs)[-1] == "job.done"
     job = evs[-1]["data"]["job"]
     assert job["plan"] == ["llm"] and job["kind"] == "chat_text"
     reply = job["results"]["llm"]["text"]
-    assert "4" in reply or "four" in reply.lower(), reply
+    assert "blue" in reply.lower(), reply
     assert "".join(e["data"]["text"] for e in evs if e["event"] == "llm.delta") == reply
     assert "tts.chunk" not in types(evs)
+
+
+# The bundled model, asked these by a tenant with no documents, made up an answer with a figure for each
+# (docs/knowledge.md, "A tenant without documents").
+BUSINESS_QUESTIONS = ["What are your opening hours?", "How much does delivery cost?", "你们几点开门？", "运费多少钱？"]
+
+
+def test_a_tenant_without_documents_states_no_figure_nobody_gave(client: httpx.Client) -> None:
+    for question in BUSINESS_QUESTIONS:
+        links = post_chat(client, question, speak=False)
+        evs = read_sse(client, links["events_url"])
+        llm = evs[-1]["data"]["job"]["results"]["llm"]
+        assert invented_figures(llm["text"], question) == [], (question, llm["text"])
+        if llm["cache"] == "miss":  # a cached answer passed the guard when it was given
+            assert llm["knowledge"]["outcome"] in ("no_documents", "guarded"), llm
 
 
 def test_first_audio_before_the_answer_is_finished(client: httpx.Client) -> None:

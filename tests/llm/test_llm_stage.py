@@ -26,6 +26,11 @@ def text_job(conn: redis.Redis, text: str, **options: Any) -> str:
                        options={"language": None, **options}, ttl_s=3600)
 
 
+# These tests are about the stream itself, delta by delta. By default a tenant without documents has its
+# reply read by the figure guard, which releases it clause by clause (tests/llm/knowledge/test_grounded_stage.py).
+WORD_BY_WORD = {"knowledge_guard_without_documents": False}
+
+
 def test_reply_streams_deltas_in_order(conn: redis.Redis, redis_url: str) -> None:
     reply = "Sure. Your order left our warehouse today and should arrive on Friday."
     prompt_before = sample("voicequeue_llm_tokens_total", kind="prompt")
@@ -33,7 +38,7 @@ def test_reply_streams_deltas_in_order(conn: redis.Redis, redis_url: str) -> Non
     ttft_before = sample("voicequeue_llm_time_to_first_token_seconds_count")
     with FakeOpenAI(default=Reply(reply, delta_delay_s=0.01), api_key=API_KEY) as fake:
         job_id = text_job(conn, "Where is my order?", language="en")
-        record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
+        record = run_llm(conn, settings_for(fake.base_url, redis_url, **WORD_BY_WORD), job_id)
         [req] = fake.chat_requests
 
     assert record["status"] == "done", record["error"]
@@ -170,10 +175,22 @@ def test_stream_cut_before_any_text_is_retried(conn: redis.Redis, redis_url: str
     assert "".join(d["text"] for d in deltas(conn, job_id)) == "Second try works."
 
 
+def test_by_default_the_reply_streams_clause_by_clause(conn: redis.Redis, redis_url: str) -> None:
+    reply = "Sure, one moment. Your order left our warehouse today and should arrive on Friday."
+    with FakeOpenAI(default=Reply(reply, delta_delay_s=0.01), api_key=API_KEY) as fake:
+        job_id = text_job(conn, "Where is my order?", language="en")
+        record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
+    assert record["status"] == "done", record["error"]
+    assert [d["text"] for d in deltas(conn, job_id)] == [
+        "Sure,", " one moment.", " Your order left our warehouse today and should arrive on Friday."]
+    assert record["results"]["llm"]["text"] == reply
+    assert record["results"]["llm"]["knowledge"]["outcome"] == "no_documents"
+
+
 def test_stream_cut_after_text_is_not_retried(conn: redis.Redis, redis_url: str) -> None:
     with FakeOpenAI(default=Reply("one two three four five six", break_after=3)) as fake:
         job_id = text_job(conn, "hello")
-        record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
+        record = run_llm(conn, settings_for(fake.base_url, redis_url, **WORD_BY_WORD), job_id)
         assert len(fake.chat_requests) == 1
     assert record["status"] == "failed"
     assert record["error"]["reason"] == "upstream_unavailable"
@@ -206,7 +223,7 @@ def test_cancel_stops_the_stream(conn: redis.Redis, redis_url: str) -> None:
     words = " ".join(f"word{i}" for i in range(60))
     with FakeOpenAI(default=Reply(words, delta_delay_s=0.05)) as fake:
         job_id = text_job(conn, "talk a lot")
-        settings = settings_for(fake.base_url, redis_url)
+        settings = settings_for(fake.base_url, redis_url, **WORD_BY_WORD)
         runner = threading.Thread(target=run_llm, args=(conn, settings, job_id))
         runner.start()
         first = events.read(conn, job_id, block_ms=5000)

@@ -8,6 +8,11 @@ reply clause by clause as it streams:
 a number the passages (or the caller) never gave stops the reply there and the don't-know line is
 said instead. Small talk ("hello", "thanks") goes to the model without passages.
 
+A tenant with no documents gets the same guard (`without_documents`): nothing backs a figure about the
+business there, and the model, asked its opening hours or delivery price, makes one up ("We open at 8.")
+whatever the prompt says. So a number that neither the caller, the conversation nor the tenant's own system
+prompt gave stops the reply, and the don't-know line is said.
+
 Where they go decides what the first audio waits for. llama.cpp reuses the longest prefix a slot already
 holds and prefills the rest, at ~50 tokens/s on 2 cores. So the instructions are part of the system prompt
 on every turn of a tenant with a knowledge base (the same text each time; the LLM server's warm-up
@@ -70,6 +75,8 @@ ORDINALS = _numbered("_ _ _ third fourth fifth sixth seventh eighth ninth tenth 
                          "thirtieth": 30}
 SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
 DIGITS = re.compile(r"\d+(?:[,.:/-]\d+)*")
+# "1. Keep a routine" / "2) Drink water": the number of an item in a list, not a fact about anything.
+LIST_NUMBER = re.compile(r"^[ \t]*\d{1,2}[.)](?=\s|$)", re.MULTILINE)
 CN_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
 CN_SCALES = {"十": 10, "百": 100, "千": 1000, "万": 10000}
 # Chinese numerals count as figures only before a unit (一下, 一些, 统一 are words, 七天 is a figure).
@@ -156,8 +163,10 @@ def _word_values(text: str) -> set[str]:
 
 def figures(text: str) -> set[str]:
     """Every number in `text` as plain digits: digit groups (1,000 → 1000; 9:30 → 9 and 30), English number
-    words (twenty-four → 24) and Chinese numerals before a unit (七天 → 7)."""
+    words (twenty-four → 24) and Chinese numerals before a unit (七天 → 7). A list item's number at the start
+    of a line is not one."""
     found: set[str] = set()
+    text = LIST_NUMBER.sub("", text)
     for token in DIGITS.findall(text):
         found |= _digit_values(token)
     found |= _word_values(text)
@@ -207,6 +216,7 @@ class Grounding:
     reply: str | None = None  # set: say this, without the model
     guard: FigureGuard | None = None
     fallback: str = DONT_KNOW["en"]
+    instructed: bool = True  # the system prompt carries INSTRUCTIONS (a tenant with documents)
 
     def messages(self, messages: list[Message]) -> list[Message]:
         """The turn's messages with the passages, quoted, in a system message just before the question (the
@@ -235,8 +245,21 @@ class Limits:
     coverage_min: float  # share of the question's words, for questions it cannot read (Chinese)
 
 
+def _given(system: str, text: str, history: list[Any]) -> set[str]:
+    """The figures a reply may repeat without a passage: the caller's, the conversation's (earlier replies
+    passed this guard) and the system prompt's (a tenant may write its own facts there)."""
+    said = [m["content"] for m in history if isinstance(m, dict) and isinstance(m.get("content"), str)]
+    return figures(" \n".join([system, *said, text]))
+
+
+def without_documents(system: str, text: str, language: str | None, history: list[Any]) -> Grounding:
+    """A tenant with no knowledge base: the model answers as it likes, but cannot state a figure nobody gave."""
+    return Grounding(KnowledgeUse(outcome="no_documents"), guard=FigureGuard(_given(system, text, history)),
+                     fallback=dont_know(language, text), instructed=False)
+
+
 def ground(conn: Any, library: Library, tenant: str, text: str, language: str | None, history: list[Any],
-           limits: Limits) -> Grounding | None:
+           limits: Limits, system: str = "") -> Grounding | None:
     """What the knowledge base says to this turn, or None when the tenant has no knowledge base."""
     start = time.perf_counter()
     index = library.index(conn, tenant)
@@ -245,11 +268,10 @@ def ground(conn: Any, library: Library, tenant: str, text: str, language: str | 
     fallback = dont_know(language, text)
     previous = [m["content"] for m in history if isinstance(m, dict) and m.get("role") == "user"
                 and isinstance(m.get("content"), str)]
-    asked = " ".join([*previous[-2:], text])
     if lexical.small_talk(text):
         use = KnowledgeUse(outcome="small_talk", version=index.version,
                            retrieval_s=round(time.perf_counter() - start, 4))
-        return Grounding(use, guard=FigureGuard(figures(asked)), fallback=fallback)
+        return Grounding(use, guard=FigureGuard(_given(system, text, history)), fallback=fallback)
     queries = [(text, 1.0)] + ([(f"{previous[-1]} {text}", 0.5)] if previous else [])
     hits = library.search(conn, tenant, queries, limits.top_k)
     # A word in common proves little in English ("cars" meets "car park"), so there the embedding leads and
@@ -267,7 +289,7 @@ def ground(conn: Any, library: Library, tenant: str, text: str, language: str | 
         use.outcome = "not_found"
         return Grounding(use, reply=fallback, fallback=fallback)
     use.outcome = "grounded"
-    allowed = figures(asked)
+    allowed = _given(system, text, history)
     for h in relevant:
         allowed |= figures(f"{h.title} {h.passage.heading} {h.passage.text}")
     return Grounding(use, hits=relevant, guard=FigureGuard(allowed), fallback=fallback)

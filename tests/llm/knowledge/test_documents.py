@@ -132,6 +132,7 @@ def test_pleasantries_are_small_talk_and_questions_are_not(text: str, small: boo
     ("two hundred and five", {"205"}),
     ("One moment please, I can help with that.", set()),
     ("退款会在三到五个工作日内到账，运费12元，统一处理一下。", {"3", "5", "12"}),
+    ("1. Keep a routine.\n2) Sleep 8 hours.\n 3. Open at 9.", {"8", "9"}),
 ])
 def test_figures(text: str, expected: set[str]) -> None:
     assert grounding.figures(text) == expected
@@ -148,3 +149,7 @@ def test_guard_stops_at_an_unsupported_figure() -> None:
     assert "".join(clean.feed(d) for d in ["You have thirty", " days to return it."]) + clean.flush() == \
         "You have thirty days to return it."
     assert clean.tripped is None
+    listed = grounding.FigureGuard(grounding.figures("Give me three tips."))
+    said = "".join(listed.feed(d) for d in ["Three tips:\n", "1.", " Keep", " a routine.\n", "2.", " Rest",
+                                            " for 20", " minutes."]) + listed.flush()
+    assert said == "Three tips:\n1. Keep a routine.\n2." and listed.tripped == "20"

@@ -1,6 +1,7 @@
 """The llm stage grounded on a knowledge base: real Redis, real MiniLM embeddings and jieba, the fixture
 documents indexed by the real indexing job; the LLM is the scripted OpenAI-protocol server, so each
-branch (grounded, figure guard, nothing relevant, small talk, no knowledge base, cache per version) is
+branch (grounded, figure guard, nothing relevant, small talk, no knowledge base and its guard, cache per
+version) is
 checked exactly. The real model's answers are in test_answers.py."""
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def fake() -> Iterator[FakeOpenAI]:
 
 
 def answer(conn: redis.Redis, fake: FakeOpenAI, redis_url: str, embedder: MiniLM, text: str, tenant: str = TENANT,
-           library: Library | None = None, **options: Any) -> dict[str, Any]:
-    settings = settings_for(fake.base_url, redis_url)
+           library: Library | None = None, settings: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+    settings = settings_for(fake.base_url, redis_url, **(settings or {}))
     resources = tasks.Resources(settings, OpenAICompatEngine(settings), embedder, {},
                                 library or Library(embedder.encode))
     job_id = jobs.create(conn, kind="chat_text", priority="live", inputs={"text": text},
@@ -150,11 +151,41 @@ def test_follow_up_uses_the_history(shop: redis.Redis, fake: FakeOpenAI, redis_u
     assert "delivery.md" in [p["document_id"] for p in result["knowledge"]["passages"]]
 
 
-def test_tenant_without_documents_is_unchanged(shop: redis.Redis, fake: FakeOpenAI, redis_url: str,
-                                               embedder: MiniLM) -> None:
+def test_tenant_without_documents_cannot_state_a_figure_nobody_gave(shop: redis.Redis, fake: FakeOpenAI,
+                                                                      redis_url: str, embedder: MiniLM) -> None:
+    """No documents: the model answers without passages or grounding instructions, but the opening hours it
+    makes up are stopped and the caller hears that the bot does not know."""
     result = answer(shop, fake, redis_url, embedder, "What time do you close on weekdays?", tenant="other")
-    assert "knowledge" not in result
-    assert "Reference passages" not in fake.chat_requests[0].body["messages"][0]["content"]
+    assert result["text"] == grounding.DONT_KNOW["en"]
+    assert result["knowledge"] == {"outcome": "guarded"}  # no passages, nothing retrieved
+    system = fake.chat_requests[0].body["messages"][0]["content"]
+    assert "Reference passages" not in system and grounding.INSTRUCTIONS not in system
+    again = answer(shop, fake, redis_url, embedder, "What time do you close on weekdays?", tenant="other")
+    assert again["cache"] == "miss" and len(fake.chat_requests) == 2  # a cut reply is not kept for the next caller
+    with FakeOpenAI(default=Reply("我们通常早上8点开门。"), api_key=API_KEY) as chinese:
+        zh = answer(shop, chinese, redis_url, embedder, "你们几点开门？", tenant="other")
+    assert zh["text"] == grounding.DONT_KNOW["zh"] and zh["knowledge"]["outcome"] == "guarded"
+
+
+def test_figures_the_caller_the_call_or_the_tenants_prompt_gave_are_said(shop: redis.Redis, redis_url: str,
+                                                                         embedder: MiniLM) -> None:
+    reply = "We are open from nine a.m. to seven p.m. on weekdays, and returns are free for 30 days."
+    with FakeOpenAI(default=Reply(reply), api_key=API_KEY) as fake:
+        prompt = answer(shop, fake, redis_url, embedder, "When are you open?", tenant="other",
+                        instructions="You answer for Birch Books. Open 9 a.m. to 7 p.m. on weekdays. Returns: 30 days.")
+        history = [{"role": "user", "content": "Are you open at nine on weekdays, and do returns last 30 days?"},
+                   {"role": "assistant", "content": "Yes, and we close at seven p.m."}]
+        call = answer(shop, fake, redis_url, embedder, "Can you say that again?", tenant="other", history=history)
+        partly = answer(shop, fake, redis_url, embedder, "Are you open at nine on weekdays?", tenant="other")
+    assert prompt["text"] == call["text"] == reply and prompt["knowledge"]["outcome"] == "no_documents"
+    assert partly["text"] == f"We are open from nine a.m. {grounding.DONT_KNOW['en']}"  # the caller gave only 9
+
+
+def test_the_guard_for_tenants_without_documents_can_be_turned_off(shop: redis.Redis, fake: FakeOpenAI,
+                                                                   redis_url: str, embedder: MiniLM) -> None:
+    result = answer(shop, fake, redis_url, embedder, "What time do you close on weekdays?", tenant="other",
+                    settings={"knowledge_guard_without_documents": False})
+    assert result["text"] == "We are open from nine a.m. to seven p.m. on weekdays." and "knowledge" not in result
 
 
 def test_answers_are_cached_per_knowledge_version(shop: redis.Redis, fake: FakeOpenAI, redis_url: str,
