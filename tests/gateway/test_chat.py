@@ -8,9 +8,11 @@ from tests.gateway.helpers import decoded_seconds, post_chat, read_sse, types
 from tests.llm.knowledge.questions import invented_figures
 from tests.stack import Stack
 
-# No figures in the answer: a tenant without documents may not state a number nobody gave (docs/knowledge.md),
-# and the sun's distance or heat would stop the reply after its first sentence.
-LONG_ASK = "Describe the sea in four short sentences."
+# Long enough that the first sentence is spoken before the last is written, and with no figures in the answer:
+# a tenant without documents may not state a number nobody gave (docs/knowledge.md), and the sun's distance or
+# heat stopped the reply after its first sentence. "Describe the sea in four short sentences" was too short:
+# once, the whole reply was written before the first sentence's audio (CI, 2026-12-03).
+LONG_ASK = "Please tell me a long story about a lighthouse keeper and his cat, in at least ten sentences."
 
 
 def test_chat_text_only(client: httpx.Client) -> None:
