@@ -13,6 +13,11 @@ under that tenant only: its wording may carry that tenant's facts. A lookup trie
 the tenant's own scope first, then the global set, which only an operator fills
 (`voicequeue faq load --global`). The hash leaves the scope out, so the global
 twin of a tenant's key is the same key with its scope swapped.
+
+Each answer says who wrote it: an operator (`faq`, trusted as written) or the model
+(`model`, which the llm stage may check again before replaying it). Answers stored
+before they were marked are read as `unmarked`, unless an FAQ index lists them or
+they are in the global set, which only operators fill.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,6 +42,17 @@ GLOBAL = None  # the scope of answers every tenant may get; pass it explicitly, 
 _GLOBAL_SCOPE = "global"
 
 Embed = Callable[[str], "np.ndarray[Any, Any]"]
+
+FAQ, MODEL, UNMARKED = "faq", "model", "unmarked"  # who wrote a cached answer
+
+
+@dataclass(frozen=True)
+class Cached:
+    """An answer found in the cache, the key it was found under and who wrote it."""
+
+    answer: str
+    key: str
+    by: str
 
 
 class FaqError(ValueError):
@@ -74,11 +91,18 @@ def global_twin(key: str) -> str:
     return f"{prefix}:{_GLOBAL_SCOPE}:{digest}"
 
 
-def lookup(conn: redis.Redis, key: str) -> str | None:
-    """The answer under the tenant's `key`, else under its global twin."""
-    found = get(conn, key)
+def lookup(conn: redis.Redis, key: str, index: str | None = None) -> Cached | None:
+    """The answer under the tenant's `key`, else under its global twin.
+
+    An unmarked answer counts as an operator's when `index` (the scope's FAQ index) lists its key, or when
+    it is in the global set."""
+    found = entry(conn, key)
+    if found is not None:
+        listed = found.by == UNMARKED and index is not None and bool(conn.hexists(index, key))
+        return Cached(found.answer, key, FAQ) if listed else found
     twin = global_twin(key)
-    return found if found is not None or twin == key else get(conn, twin)
+    found = entry(conn, twin) if twin != key else None
+    return Cached(found.answer, twin, FAQ if found.by == UNMARKED else found.by) if found is not None else None
 
 
 def paraphrase(
@@ -113,13 +137,34 @@ def nearest(conn: redis.Redis, index: str, vector: np.ndarray[Any, Any], thresho
     return None
 
 
-def get(conn: redis.Redis, key: str) -> str | None:
+def entry(conn: redis.Redis, key: str) -> Cached | None:
     value = conn.get(key)
-    return as_text(value) if value is not None else None
+    return decode(key, as_text(value)) if value is not None else None
 
 
-def put(conn: redis.Redis, key: str, answer: str, ttl_s: int) -> None:
-    conn.set(key, answer, ex=ttl_s)
+def get(conn: redis.Redis, key: str) -> str | None:
+    found = entry(conn, key)
+    return found.answer if found is not None else None
+
+
+def put(conn: redis.Redis, key: str, answer: str, ttl_s: int, *, by: str) -> None:
+    conn.set(key, encode(answer, by), ex=ttl_s)
+
+
+def encode(answer: str, by: str) -> str:
+    return json.dumps({"vq_answer": 1, "by": by, "text": answer}, ensure_ascii=False)
+
+
+def decode(key: str, value: str) -> Cached:
+    """A stored answer; a plain string is one stored before answers said who wrote them."""
+    if value.startswith('{"vq_answer"'):
+        try:
+            data = json.loads(value)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("text"), str) and data.get("by") in (FAQ, MODEL):
+            return Cached(data["text"], key, data["by"])
+    return Cached(value, key, UNMARKED)
 
 
 def read_faq(path: Path) -> list[tuple[list[str], str]]:
@@ -205,7 +250,7 @@ def load_faq(
         for questions, answer in pairs:
             for question in questions:
                 key = key_for(question, system_prompt=system_prompt, model=model, language=language, tenant=tenant)
-                put(pipe, key, answer, ttl_s)
+                put(pipe, key, answer, ttl_s, by=FAQ)
                 if question in vectors:
                     pipe.hset(index, key, vectors[question])
         if vectors:

@@ -99,7 +99,9 @@ class LlmSettings(CommonSettings):
     knowledge_guard_without_documents: bool = Field(
         True, description="For a tenant with no documents too, stop a reply at a number that neither the caller, "
         "the conversation nor the system prompt gave (the model makes up opening hours and prices), and say "
-        "that the bot does not know instead. Off: such a tenant's replies are the model's own."
+        "that the bot does not know instead; and answer a question on a business topic the system prompt does "
+        "not mention (hours, delivery, returns, prices, payment, address) with that line, without the model. "
+        "Off: such a tenant's replies are the model's own."
     )
     knowledge_top_k: int = Field(3, ge=1, description="Most passages put in a reply's prompt.")
     knowledge_relevance_min: float = Field(

@@ -21,7 +21,7 @@ from services.llm.config import LlmSettings
 from services.llm.embeddings import MiniLM
 from services.llm.engines.base import ChatEngine, ChatResult, ChatStream, Message
 from services.llm.engines.openai_compat import OpenAICompatEngine
-from services.llm.knowledge import grounding, index, lexical
+from services.llm.knowledge import grounding, index, lexical, topics
 from services.llm.knowledge.retrieve import Library
 from shared import answer_cache, jobs, metrics, queues, sessions, tools
 from shared.jobs import AnalysisResult, Job, LlmResult, Sentence
@@ -85,7 +85,9 @@ def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
         version = f"\n[knowledge v{kb_index.version}]" if kb_index is not None and kb_active else ""
         cache_key = answer_cache.key_for(text, system_prompt=system + version, model=engine.model,
                                          language=language, tenant=job.tenant)
-    cached = answer_cache.lookup(ctx.conn, cache_key) if cache_key else None
+    hit = answer_cache.lookup(ctx.conn, cache_key, faq_index(ctx, language, system)) if cache_key else None
+    checked = not kb_active and settings.knowledge_guard_without_documents
+    cached = None if hit is None else replayable(ctx, hit, system, text) if checked else hit.answer
     match: dict[str, Any] = {"cache_match": "exact"} if cached is not None else {}
     if (cache_key and cached is None and embedder is not None and settings.llm_faq_paraphrase
             and embeddings.usable_for(language)):
@@ -126,11 +128,13 @@ def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
     if session_id:
         sessions.append_turn(ctx.conn, session_id, text, result.text, max_turns=settings.session_max_turns,
                              ttl_s=settings.session_ttl_s, tenant=job.tenant)
-    # A reply the figure guard cut is not kept: asked again, the model may answer without inventing.
-    guarded = grounded is not None and grounded.use.outcome == "guarded"
+    # A reply the figure guard cut is not kept: asked again, the model may answer without inventing. Nor is
+    # the don't-know line said without the model: it costs nothing to say again, and it goes stale with the
+    # setting or the prompt.
+    unkept = grounded is not None and (grounded.use.outcome == "guarded" or grounded.reply is not None)
     if cache_key and cached is None and result.finish_reason == "stop" and result.text.strip() and \
-            not result.tool_calls and not guarded:
-        answer_cache.put(ctx.conn, cache_key, result.text, settings.llm_answer_cache_ttl_s)
+            not result.tool_calls and not unkept:
+        answer_cache.put(ctx.conn, cache_key, result.text, settings.llm_answer_cache_ttl_s, by=answer_cache.MODEL)
     ctx.emit_once("llm.done", {"text": result.text, "chunks": len(chunks.texts)})
     result.language, result.chunks = language, chunks.listed()
     result.cache = "off" if cache_key is None else "hit" if cached is not None else "miss"
@@ -216,15 +220,34 @@ class Deltas:
         return delta
 
 
+def faq_index(ctx: StageContext[Resources], language: str | None, system: str) -> str:
+    return answer_cache.index_for(system_prompt=system, model=ctx.resources.engine.model, language=language,
+                                  tenant=ctx.job.tenant)
+
+
 def faq_paraphrase(
     ctx: StageContext[Resources], embedder: MiniLM, text: str, language: str | None, system: str
 ) -> tuple[str, float] | None:
     """The FAQ answer whose question means the same as `text`, if one is close enough."""
-    settings, engine = ctx.resources.settings, ctx.resources.engine
-    index = answer_cache.index_for(system_prompt=system, model=engine.model, language=language,
-                                   tenant=ctx.job.tenant)
-    threshold = settings.llm_faq_paraphrase_threshold
+    threshold = ctx.resources.settings.llm_faq_paraphrase_threshold
+    index = faq_index(ctx, language, system)
     return answer_cache.paraphrase(ctx.conn, index, lambda: embedder.encode(text), threshold)
+
+
+def replayable(ctx: StageContext[Resources], found: answer_cache.Cached, system: str, text: str) -> str | None:
+    """A cached answer for a tenant without documents, unless the model wrote it and it would not be said
+    now (it was cached before the guard, or with the guard off): it states a figure nobody gave, or answers
+    a business question nobody told the bot about. That one is dropped and the question answered afresh. An
+    operator's FAQ answer is theirs to state, figures and all."""
+    if found.by == answer_cache.FAQ:
+        return found.answer
+    unknown, untold = grounding.unsupported(found.answer, system, text), topics.untold(text, system)
+    if not unknown and not untold:
+        return found.answer
+    ctx.conn.delete(found.key)
+    log.info("cached answer dropped: it would not be said now",
+             extra={"job_id": ctx.job_id, "figures": sorted(unknown), "topics": untold, "by": found.by})
+    return None
 
 
 def answer_from_cache(ctx: StageContext[Resources], answer: str, deltas: Deltas) -> ChatResult:

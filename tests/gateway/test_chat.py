@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from services.llm.knowledge.grounding import DONT_KNOW
 from tests.gateway.helpers import decoded_seconds, post_chat, read_sse, types
 from tests.llm.knowledge.questions import invented_figures
 from tests.stack import Stack
@@ -40,7 +41,20 @@ def test_a_tenant_without_documents_states_no_figure_nobody_gave(client: httpx.C
         llm = evs[-1]["data"]["job"]["results"]["llm"]
         assert invented_figures(llm["text"], question) == [], (question, llm["text"])
         if llm["cache"] == "miss":  # a cached answer passed the guard when it was given
-            assert llm["knowledge"]["outcome"] in ("no_documents", "guarded"), llm
+            assert llm["knowledge"]["outcome"] in ("no_documents", "guarded", "not_found"), llm
+
+
+# Each got a made-up policy with no figure in it ("Yes, we ship to Canada."), which the guard cannot catch.
+POLICY_QUESTIONS = ["Do you ship to Canada?", "Are you open on Sundays?", "Can I return a sofa I bought online?",
+                    "你们周末营业吗？"]
+
+
+def test_a_tenant_without_documents_makes_up_no_policy(client: httpx.Client) -> None:
+    for question in POLICY_QUESTIONS:
+        links = post_chat(client, question, speak=False)
+        llm = read_sse(client, links["events_url"])[-1]["data"]["job"]["results"]["llm"]
+        assert llm["text"] in DONT_KNOW.values(), (question, llm["text"])
+        assert llm["knowledge"]["outcome"] == "not_found" and llm["knowledge"]["topics"], llm
 
 
 def test_first_audio_before_the_answer_is_finished(client: httpx.Client) -> None:

@@ -44,7 +44,7 @@ def deltas_text(conn: redis.Redis, job_id: str) -> list[str]:
 
 def test_a_question_that_names_no_action_costs_no_decision(conn: redis.Redis, redis_url: str) -> None:
     with FakeOpenAI(default=Reply("We open in the morning."), api_key=API_KEY) as fake:
-        record = run_llm(conn, settings_for(fake.base_url, redis_url), text_job(conn, "When do you open?"))
+        record = run_llm(conn, settings_for(fake.base_url, redis_url), text_job(conn, "Who am I speaking with?"))
         [req] = fake.chat_requests  # the reply only
     assert "tools" not in req.body and "response_format" not in req.body
     assert record["results"]["llm"]["text"] == "We open in the morning."
@@ -61,7 +61,7 @@ def test_native_mode_offers_the_built_in_actions_with_every_reply(conn: redis.Re
     assert record["results"]["llm"]["text"] == "We open in the morning."
     assert "tool_calls" not in record["results"]["llm"] or record["results"]["llm"]["tool_calls"] == []
     with FakeOpenAI(default=Reply("We open in the morning."), api_key=API_KEY) as fake:
-        run_llm(conn, settings_for(fake.base_url, redis_url, llm_tools=False), text_job(conn, "When do you close?"))
+        run_llm(conn, settings_for(fake.base_url, redis_url, llm_tools=False), text_job(conn, "Who is this?"))
         assert "tools" not in fake.chat_requests[0].body
 
 

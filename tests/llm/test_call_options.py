@@ -35,7 +35,7 @@ def test_instructions_follow_the_system_prompt(conn: redis.Redis, redis_url: str
 
 def test_instructions_are_part_of_the_answer_cache_key(conn: redis.Redis, redis_url: str) -> None:
     """A context-free question asked with other instructions must not get the answer cached without them."""
-    question = f"What are your opening hours on day {uuid.uuid4().hex[:6]}?"  # not cached by another test
+    question = f"What happens on day {uuid.uuid4().hex[:6]}?"  # not cached by another test
     with FakeOpenAI() as fake:
         settings = settings_for(fake.base_url, redis_url)
         plain = run_llm(conn, settings, call_reply(conn, question))

@@ -127,15 +127,15 @@ def test_second_identical_question_is_a_cache_hit_without_an_llm_call(conn: redi
 
 def test_faq_answer_hits_a_differently_written_question(conn: redis.Redis, redis_url: str, tmp_path: Any) -> None:
     faq = tmp_path / "faq.yaml"
-    faq.write_text("- question: What are your opening hours?\n  answer: We are open from nine to six.\n")
+    faq.write_text("- question: How do I reset my password?\n  answer: Use the forgot-password link.\n")
     with FakeOpenAI() as fake:
         settings = settings_for(fake.base_url, redis_url)
         answer_cache.load_faq(conn, faq, system_prompt=settings.llm_system_prompt, model=settings.llm_model,
                               languages=["en"], ttl_s=60, tenant=answer_cache.GLOBAL)
-        record = run_llm(conn, settings, chat_job(conn, "what are your opening hours"))
-        other = run_llm(conn, settings, chat_job(conn, "what are your opening hours", language="fr"))
+        record = run_llm(conn, settings, chat_job(conn, "how do I reset my PASSWORD"))
+        other = run_llm(conn, settings, chat_job(conn, "how do I reset my password", language="fr"))
         assert len(fake.chat_requests) == 1  # the French caller's question was not in the FAQ
-    assert record["results"]["llm"]["text"] == "We are open from nine to six."
+    assert record["results"]["llm"]["text"] == "Use the forgot-password link."
     assert other["results"]["llm"]["cache"] == "miss"
 
 

@@ -46,7 +46,7 @@ def api(stack: Stack) -> Iterator[httpx.Client]:
 def ask(api: httpx.Client, n: int) -> list[str]:
     ids = []
     for i in range(n):
-        r = api.post("/v1/chat", json={"text": f"Question number {i}: when are you open?", "speak": False})
+        r = api.post("/v1/chat", json={"text": f"Question number {i}: who are you?", "speak": False})
         assert r.status_code == 202, r.text
         ids.append(r.json()["id"])
     return ids

@@ -42,7 +42,7 @@ def test_key_depends_on_prompt_model_and_language() -> None:
 def test_put_get_and_ttl(conn: redis.Redis) -> None:
     k = key("Where is my order?")
     assert answer_cache.get(conn, k) is None
-    answer_cache.put(conn, k, "It ships tomorrow. 谢谢！", ttl_s=120)
+    answer_cache.put(conn, k, "It ships tomorrow. 谢谢！", ttl_s=120, by=answer_cache.MODEL)
     assert answer_cache.get(conn, k) == "It ships tomorrow. 谢谢！"
     assert 110 <= conn.ttl(k) <= 120
 
@@ -157,13 +157,42 @@ def test_tenant_answers_stay_with_their_tenant_and_global_ones_serve_all(conn: r
     assert len({mine, theirs, shared}) == 3
     assert mine.startswith("vq:answer:t.a:") and shared.startswith("vq:answer:global:")
     assert key("Where is my order?", tenant="global") != shared  # a tenant named "global" is still a tenant
-    answer_cache.put(conn, mine, "Order 17 ships tomorrow.", ttl_s=60)
-    assert answer_cache.lookup(conn, mine) == "Order 17 ships tomorrow."
+    answer_cache.put(conn, mine, "Order 17 ships tomorrow.", ttl_s=60, by=answer_cache.MODEL)
+    assert answer_cache.lookup(conn, mine) == answer_cache.Cached("Order 17 ships tomorrow.", mine, "model")
     assert answer_cache.lookup(conn, theirs) is None
-    answer_cache.put(conn, shared, "Let me look that up.", ttl_s=60)
-    assert answer_cache.lookup(conn, theirs) == "Let me look that up."
-    assert answer_cache.lookup(conn, mine) == "Order 17 ships tomorrow."  # the tenant's own comes first
-    assert answer_cache.lookup(conn, shared) == "Let me look that up."
+    answer_cache.put(conn, shared, "Let me look that up.", ttl_s=60, by=answer_cache.FAQ)
+    assert answer_cache.lookup(conn, theirs) == answer_cache.Cached("Let me look that up.", shared, "faq")
+    assert answer_cache.lookup(conn, mine).answer == "Order 17 ships tomorrow."  # type: ignore[union-attr]
+    assert answer_cache.lookup(conn, shared) == answer_cache.Cached("Let me look that up.", shared, "faq")
+
+
+def test_each_answer_says_who_wrote_it(conn: redis.Redis, tmp_path: Path) -> None:
+    faq = write(tmp_path / "faq.yaml", "- question: What are your opening hours?\n  answer: Nine to six.\n")
+    answer_cache.load_faq(conn, faq, system_prompt="Be brief.", model="m1", languages=["en"], ttl_s=60,
+                          tenant="a")
+    hours = key("What are your opening hours?", tenant="a")
+    assert answer_cache.lookup(conn, hours) == answer_cache.Cached("Nine to six.", hours, "faq")
+    order = key("Where is my order?", tenant="a")
+    answer_cache.put(conn, order, '{"vq_answer": 1} is not how I answer', ttl_s=60, by=answer_cache.MODEL)
+    assert answer_cache.lookup(conn, order) == answer_cache.Cached('{"vq_answer": 1} is not how I answer', order,
+                                                                   "model")
+
+
+def test_answers_stored_before_they_were_marked(conn: redis.Redis) -> None:
+    """A plain string is unmarked: an operator's only where an FAQ index lists it, or in the global set."""
+    scope = {"system_prompt": "Be brief.", "model": "m1", "language": "en"}
+    index = answer_cache.index_for(**scope, tenant="a")
+    invented, listed, shared = key("Shipping?", tenant="a"), key("Hours?", tenant="a"), key("Returns?")
+    conn.set(invented, "Shipping costs $5.")
+    conn.set(listed, "Nine to six.")
+    conn.hset(index, listed, b"\0" * 8)
+    conn.set(shared, "Thirty days.")
+    assert answer_cache.lookup(conn, invented, index) == answer_cache.Cached("Shipping costs $5.", invented,
+                                                                             "unmarked")
+    assert answer_cache.lookup(conn, listed, index) == answer_cache.Cached("Nine to six.", listed, "faq")
+    assert answer_cache.lookup(conn, listed) == answer_cache.Cached("Nine to six.", listed, "unmarked")
+    tenants = key("Returns?", tenant="a")
+    assert answer_cache.lookup(conn, tenants, index) == answer_cache.Cached("Thirty days.", shared, "faq")
 
 
 def test_paraphrase_looks_in_the_tenant_index_then_the_global_one(conn: redis.Redis, tmp_path: Path) -> None:

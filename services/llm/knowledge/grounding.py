@@ -11,7 +11,9 @@ said instead. Small talk ("hello", "thanks") goes to the model without passages.
 A tenant with no documents gets the same guard (`without_documents`): nothing backs a figure about the
 business there, and the model, asked its opening hours or delivery price, makes one up ("We open at 8.")
 whatever the prompt says. So a number that neither the caller, the conversation nor the tenant's own system
-prompt gave stops the reply, and the don't-know line is said.
+prompt gave stops the reply, and the don't-know line is said. A question on a business topic (hours,
+delivery, returns, prices, payment, location: `topics`) that the tenant's prompt does not mention gets that
+line without the model: a made-up policy ("Yes, we ship to Canada.") has no number for the guard to catch.
 
 Where they go decides what the first audio waits for. llama.cpp reuses the longest prefix a slot already
 holds and prefills the rest, at ~50 tokens/s on 2 cores. So the instructions are part of the system prompt
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.llm.engines.base import Message
-from services.llm.knowledge import lexical
+from services.llm.knowledge import lexical, topics
 from services.llm.knowledge.retrieve import Hit, Library
 from shared.jobs import KnowledgePassage, KnowledgeUse
 from shared.sentences import is_cjk
@@ -252,10 +254,21 @@ def _given(system: str, text: str, history: list[Any]) -> set[str]:
     return figures(" \n".join([system, *said, text]))
 
 
+def unsupported(answer: str, system: str, text: str) -> set[str]:
+    """The figures in a context-free `answer` to `text` that neither the caller nor the system prompt gave."""
+    return figures(answer) - _given(system, text, [])
+
+
 def without_documents(system: str, text: str, language: str | None, history: list[Any]) -> Grounding:
-    """A tenant with no knowledge base: the model answers as it likes, but cannot state a figure nobody gave."""
+    """A tenant with no knowledge base: a question on a business topic its prompt does not mention gets the
+    don't-know line; otherwise the model answers as it likes, but cannot state a figure nobody gave."""
+    fallback = dont_know(language, text)
+    untold = topics.untold(text, system)
+    if untold:
+        return Grounding(KnowledgeUse(outcome="not_found", topics=untold), reply=fallback, fallback=fallback,
+                         instructed=False)
     return Grounding(KnowledgeUse(outcome="no_documents"), guard=FigureGuard(_given(system, text, history)),
-                     fallback=dont_know(language, text), instructed=False)
+                     fallback=fallback, instructed=False)
 
 
 def ground(conn: Any, library: Library, tenant: str, text: str, language: str | None, history: list[Any],

@@ -17,7 +17,7 @@ from services.llm.embeddings import MiniLM
 from services.llm.engines.openai_compat import OpenAICompatEngine
 from services.llm.knowledge import grounding, index
 from services.llm.knowledge.retrieve import Library
-from shared import jobs, keys, knowledge, queues, retention, stage
+from shared import answer_cache, jobs, keys, knowledge, queues, retention, stage
 from shared.config import CommonSettings
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.llm.helpers import API_KEY, settings_for
@@ -155,15 +155,15 @@ def test_tenant_without_documents_cannot_state_a_figure_nobody_gave(shop: redis.
                                                                       redis_url: str, embedder: MiniLM) -> None:
     """No documents: the model answers without passages or grounding instructions, but the opening hours it
     makes up are stopped and the caller hears that the bot does not know."""
-    result = answer(shop, fake, redis_url, embedder, "What time do you close on weekdays?", tenant="other")
+    result = answer(shop, fake, redis_url, embedder, "Tell me about your team.", tenant="other")
     assert result["text"] == grounding.DONT_KNOW["en"]
     assert result["knowledge"] == {"outcome": "guarded"}  # no passages, nothing retrieved
     system = fake.chat_requests[0].body["messages"][0]["content"]
     assert "Reference passages" not in system and grounding.INSTRUCTIONS not in system
-    again = answer(shop, fake, redis_url, embedder, "What time do you close on weekdays?", tenant="other")
+    again = answer(shop, fake, redis_url, embedder, "Tell me about your team.", tenant="other")
     assert again["cache"] == "miss" and len(fake.chat_requests) == 2  # a cut reply is not kept for the next caller
-    with FakeOpenAI(default=Reply("我们通常早上8点开门。"), api_key=API_KEY) as chinese:
-        zh = answer(shop, chinese, redis_url, embedder, "你们几点开门？", tenant="other")
+    with FakeOpenAI(default=Reply("我们通常早上8点上班。"), api_key=API_KEY) as chinese:
+        zh = answer(shop, chinese, redis_url, embedder, "介绍一下你们的团队。", tenant="other")
     assert zh["text"] == grounding.DONT_KNOW["zh"] and zh["knowledge"]["outcome"] == "guarded"
 
 
@@ -176,9 +176,32 @@ def test_figures_the_caller_the_call_or_the_tenants_prompt_gave_are_said(shop: r
         history = [{"role": "user", "content": "Are you open at nine on weekdays, and do returns last 30 days?"},
                    {"role": "assistant", "content": "Yes, and we close at seven p.m."}]
         call = answer(shop, fake, redis_url, embedder, "Can you say that again?", tenant="other", history=history)
-        partly = answer(shop, fake, redis_url, embedder, "Are you open at nine on weekdays?", tenant="other")
+        partly = answer(shop, fake, redis_url, embedder, "Is nine a good time to call?", tenant="other")
     assert prompt["text"] == call["text"] == reply and prompt["knowledge"]["outcome"] == "no_documents"
     assert partly["text"] == f"We are open from nine a.m. {grounding.DONT_KNOW['en']}"  # the caller gave only 9
+
+
+def test_a_business_question_nothing_was_told_about_gets_the_dont_know_line(shop: redis.Redis, fake: FakeOpenAI,
+                                                                            redis_url: str, embedder: MiniLM) -> None:
+    """No documents, and a prompt that says nothing of shipping or opening days: the model is not asked (it
+    said "Yes, we ship to Canada.", a policy with no figure for the guard to stop). A prompt that does tell
+    the bot about a topic lets the model answer questions on it."""
+    for question, language, topic in [("Do you ship to Canada?", "en", "delivery"),
+                                      ("Are you open on Sundays?", "en", "hours"),
+                                      ("可以退货吗？", "zh", "returns")]:
+        result = answer(shop, fake, redis_url, embedder, question, tenant="other")
+        assert result["text"] == grounding.DONT_KNOW[language], result
+        assert result["knowledge"] == {"outcome": "not_found", "topics": [topic]}
+        assert result["cache"] == "miss"
+    again = answer(shop, fake, redis_url, embedder, "Do you ship to Canada?", tenant="other")
+    assert again["cache"] == "miss" and fake.chat_requests == []  # the line is not cached, and no model call
+    with FakeOpenAI(default=Reply("No, we only ship to the UK and Ireland."), api_key=API_KEY) as model:
+        told = answer(shop, model, redis_url, embedder, "Do you ship to Canada?", tenant="other",
+                      instructions="You answer for Birch Books. We ship to the UK and Ireland only.")
+        # "open" alone is not a question about the opening hours.
+        other = answer(shop, model, redis_url, embedder, "How do I open a new account?", tenant="other")
+    assert told["text"] == "No, we only ship to the UK and Ireland."
+    assert told["knowledge"] == other["knowledge"] == {"outcome": "no_documents"}
 
 
 def test_the_guard_for_tenants_without_documents_can_be_turned_off(shop: redis.Redis, fake: FakeOpenAI,
@@ -186,6 +209,37 @@ def test_the_guard_for_tenants_without_documents_can_be_turned_off(shop: redis.R
     result = answer(shop, fake, redis_url, embedder, "What time do you close on weekdays?", tenant="other",
                     settings={"knowledge_guard_without_documents": False})
     assert result["text"] == "We are open from nine a.m. to seven p.m. on weekdays." and "knowledge" not in result
+
+
+def test_a_cached_answer_with_an_invented_figure_is_not_replayed(shop: redis.Redis, fake: FakeOpenAI,
+                                                                 redis_url: str, embedder: MiniLM) -> None:
+    """An answer the model wrote with the guard off (or before it existed) is checked again when the guard is
+    on: its made-up hours are dropped and the model asked again. An operator's FAQ answer under the same key is
+    replayed, figures and all."""
+    question, tenant = "What time do you close on weekdays?", "early"
+    off = answer(shop, fake, redis_url, embedder, question, tenant=tenant,
+                 settings={"knowledge_guard_without_documents": False})
+    assert off["cache"] == "miss" and off["text"] == fake.default.text
+    (key,) = shop.keys(f"{keys.ANSWER_PREFIX}t.{tenant}:*")
+    replayed = answer(shop, fake, redis_url, embedder, question, tenant=tenant,
+                      settings={"knowledge_guard_without_documents": False})
+    assert replayed["cache"] == "hit" and len(fake.chat_requests) == 1
+    for stored in (answer_cache.encode(off["text"], answer_cache.MODEL), off["text"]):  # marked, and as before marks
+        shop.set(key, stored, ex=60)
+        checked = answer(shop, fake, redis_url, embedder, question, tenant=tenant)
+        assert checked["cache"] == "miss" and checked["text"] == grounding.DONT_KNOW["en"], checked
+        assert not shop.exists(key)  # dropped, not kept for the next caller
+    with FakeOpenAI(default=Reply("Yes, we ship to Canada."), api_key=API_KEY) as policy:  # made up, no figure
+        answer(shop, policy, redis_url, embedder, "Do you ship to Canada?", tenant="canada",
+               settings={"knowledge_guard_without_documents": False})
+        (canada,) = shop.keys(f"{keys.ANSWER_PREFIX}t.canada:*")
+        made_up = answer(shop, policy, redis_url, embedder, "Do you ship to Canada?", tenant="canada")
+    assert made_up["cache"] == "miss" and made_up["text"] == grounding.DONT_KNOW["en"] and not shop.exists(canada)
+    asked = len(fake.chat_requests)
+    shop.set(key, answer_cache.encode("We close at seven p.m. on weekdays.", answer_cache.FAQ), ex=60)
+    faq = answer(shop, fake, redis_url, embedder, question, tenant=tenant)
+    assert faq["cache"] == "hit" and faq["text"] == "We close at seven p.m. on weekdays."
+    assert len(fake.chat_requests) == asked
 
 
 def test_answers_are_cached_per_knowledge_version(shop: redis.Redis, fake: FakeOpenAI, redis_url: str,
