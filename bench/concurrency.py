@@ -76,6 +76,8 @@ def voicequeue_turn(client: httpx.Client, path: Path) -> dict[str, float]:
     out = stream_timings(client, r.json()["events_url"], start)
     job = client.get(r.json()["status_url"]).json()
     out["audio_s"] = float(job["results"]["tts"]["duration_s"])
+    # The figure guard or the topic rule may answer with the don't-know line, which the monolith never says.
+    out["dont_know"] = float((job["results"]["llm"].get("knowledge") or {}).get("outcome") in ("guarded", "not_found"))
     out["refusals"] = refusals
     out.setdefault("ttfa", out["total"])
     return out
@@ -89,7 +91,8 @@ def summary(system: str, callers: int, rows: list[dict[str, float]], errors: int
             "turn_p50": round(statistics.median(total), 2), "turn_p95": round(pct(total, 0.95), 2),
             "turns_per_s": round(len(rows) / wall, 3),
             "audio_per_s": round(sum(r["audio_s"] for r in rows) / wall, 3),
-            "refusals": int(sum(r.get("refusals", 0) for r in rows)), "loadavg": loadavg()}
+            "refusals": int(sum(r.get("refusals", 0) for r in rows)),
+            "dont_know": int(sum(r.get("dont_know", 0) for r in rows)), "loadavg": loadavg()}
 
 
 def run_monolith(paths: list[Path], levels: list[int], log_dir: Path) -> list[dict[str, Any]]:
