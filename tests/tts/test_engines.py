@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import time
 
 import numpy as np
@@ -83,10 +84,16 @@ def test_piper_says_when_each_word_ends(local_engines: synth.Engines, whisper_ti
 def test_piper_speed_maps_to_length_scale(local_engines: synth.Engines) -> None:
     piper = local_engines.piper
     assert piper is not None
-    normal = piper.synthesize(SENTENCES[1], voice=None, language="en", speed=1.0)
-    fast = piper.synthesize(SENTENCES[1], voice=None, language="en", speed=1.5)
-    slow = piper.synthesize(SENTENCES[1], voice=None, language="en", speed=0.75)
-    assert fast.duration_s < 0.8 * normal.duration_s < 0.8 * slow.duration_s
+
+    def seconds(speed: float) -> float:
+        # Piper draws each phoneme's length with noise (noise_w), and pauses do not scale: at speed 1.5 this
+        # sentence runs ~0.75x normal, and one draw in CI came out 0.805x. So the median of three, and bounds
+        # an ignored speed (1.0x) fails by far.
+        return statistics.median(piper.synthesize(SENTENCES[1], voice=None, language="en", speed=speed).duration_s
+                                 for _ in range(3))
+
+    normal, fast, slow = seconds(1.0), seconds(1.5), seconds(0.75)
+    assert fast < 0.85 * normal and slow > 1.1 * normal, (fast, normal, slow)
 
 
 def test_piper_rejects_unknown_voice() -> None:
