@@ -108,7 +108,7 @@ def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
                 settings.knowledge_top_k, settings.knowledge_relevance_min, settings.knowledge_coverage_min),
                 system)
         elif settings.knowledge_guard_without_documents:
-            grounded = grounding.without_documents(system, text, language, history)
+            grounded = grounding.without_documents(system, text, language, history, tools_told(ctx))
         acting = offer_actions(ctx, text, language, history)
         if grounded is not None and grounded.reply is not None and acting is None:
             reply = answer_fixed(ctx, grounded.reply, deltas)  # nothing relevant: nothing to make up from
@@ -241,7 +241,8 @@ def replayable(ctx: StageContext[Resources], found: answer_cache.Cached, system:
     operator's FAQ answer is theirs to state, figures and all."""
     if found.by == answer_cache.FAQ:
         return found.answer
-    unknown, untold = grounding.unsupported(found.answer, system, text), topics.untold(text, system)
+    unknown = grounding.unsupported(found.answer, system, text)
+    untold = topics.untold(text, f"{system}\n{tools_told(ctx)}")
     if not unknown and not untold:
         return found.answer
     ctx.conn.delete(found.key)
@@ -430,6 +431,14 @@ def account(ctx: StageContext[Resources], result: ChatResult) -> None:
     if ctx.resources.settings.debug:
         extra["reply"] = result.text
     log.info("reply streamed", extra=extra)
+
+
+def tools_told(ctx: StageContext[Resources]) -> str:
+    """What the tenant's own tools tell the bot it can find out ("Look up an order's status"), when the model
+    may call them."""
+    if not ctx.resources.settings.llm_tools:
+        return ""
+    return "\n".join(f"{t.name.replace('_', ' ')}: {t.description}" for t in tools.list_tools(ctx.conn, ctx.job.tenant))
 
 
 def offer_actions(ctx: StageContext[Resources], text: str, language: str | None,

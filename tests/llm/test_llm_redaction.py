@@ -16,7 +16,7 @@ from tests.llm.helpers import API_KEY, run_llm, sample, settings_for
 from tests.llm.test_analysis import CALL, VALID, asr_result, call_job
 
 PII = ("13812345678", "138 1234 5678", "bob@example.com", "4111 1111 1111 1111", "11010519491231002X")
-USER = "我的手机号是13812345678，邮箱 bob@example.com. Card 4111 1111 1111 1111, where is my order 7720240615123?"
+USER = "我的手机号是13812345678，邮箱 bob@example.com. Card 4111 1111 1111 1111, what is case 7720240615123 about?"
 HISTORY = [{"role": "user", "content": "My ID is 11010519491231002X"},
            {"role": "assistant", "content": "Thanks, I will call you back on 138 1234 5678."}]
 
@@ -45,7 +45,7 @@ def test_outside_llm_never_receives_pii(conn: redis.Redis, redis_url: str) -> No
     assert messages[0] == {"role": "system", "content": f"{settings.llm_system_prompt} {PLACEHOLDER_NOTE}"}
     assert messages[1:3] == [{"role": "user", "content": "My ID is [ID]"},
                              {"role": "assistant", "content": "Thanks, I will call you back on [PHONE]."}]
-    expected = "我的手机号是[PHONE]，邮箱 [EMAIL]. Card [CARD], where is my order 7720240615123?"  # order kept
+    expected = "我的手机号是[PHONE]，邮箱 [EMAIL]. Card [CARD], what is case 7720240615123 about?"  # case no. kept
     assert messages[3] == {"role": "user", "content": expected}
     after = {kind: sample("voicequeue_pii_redactions_total", kind=kind, where="llm") - before[kind]
              for kind in before}

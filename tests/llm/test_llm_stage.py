@@ -37,7 +37,7 @@ def test_reply_streams_deltas_in_order(conn: redis.Redis, redis_url: str) -> Non
     completion_before = sample("voicequeue_llm_tokens_total", kind="completion")
     ttft_before = sample("voicequeue_llm_time_to_first_token_seconds_count")
     with FakeOpenAI(default=Reply(reply, delta_delay_s=0.01), api_key=API_KEY) as fake:
-        job_id = text_job(conn, "Where is my order?", language="en")
+        job_id = text_job(conn, "Can you help me with my account?", language="en")
         record = run_llm(conn, settings_for(fake.base_url, redis_url, **WORD_BY_WORD), job_id)
         [req] = fake.chat_requests
 
@@ -64,7 +64,7 @@ def test_reply_streams_deltas_in_order(conn: redis.Redis, redis_url: str) -> Non
     assert body["model"] == "qwen2.5-coder-1.5b-instruct"
     assert body["messages"][0]["role"] == "system" and "English" in body["messages"][0]["content"]
     assert "markdown" in body["messages"][0]["content"]
-    assert body["messages"][-1] == {"role": "user", "content": "Where is my order?"}
+    assert body["messages"][-1] == {"role": "user", "content": "Can you help me with my account?"}
     kinds = [kind for _, kind, _ in all_events(conn, job_id)]
     assert kinds[0] == "stage.started" and kinds[-2:] == ["stage.done", "job.done"]
 
@@ -73,11 +73,11 @@ def test_transcript_from_asr_and_its_language(conn: redis.Redis, redis_url: str)
     with FakeOpenAI(default=Reply("您好，您的订单明天到。", deltas=["您好，", "您的订单", "明天到。"])) as fake:
         job_id = jobs.create(conn, kind="turn", priority="live", inputs={"blob_id": "x", "duration_s": 2.0},
                              options={"language": None}, ttl_s=3600)
-        jobs.put_result(conn, job_id, "asr", {"text": " 我的订单在哪里？ ", "language": "zh"})
+        jobs.put_result(conn, job_id, "asr", {"text": " 我的账户怎么登录？ ", "language": "zh"})
         record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
         body = fake.chat_requests[0].body
     assert record["results"]["llm"]["text"] == "您好，您的订单明天到。"
-    assert body["messages"][-1]["content"] == "我的订单在哪里？"
+    assert body["messages"][-1]["content"] == "我的账户怎么登录？"
     assert "Chinese" in body["messages"][0]["content"]
     assert record["stages"]["tts"]["status"] == "queued"  # the plan goes on to tts
 
@@ -178,7 +178,7 @@ def test_stream_cut_before_any_text_is_retried(conn: redis.Redis, redis_url: str
 def test_by_default_the_reply_streams_clause_by_clause(conn: redis.Redis, redis_url: str) -> None:
     reply = "Sure, one moment. Your order left our warehouse today and should arrive on Friday."
     with FakeOpenAI(default=Reply(reply, delta_delay_s=0.01), api_key=API_KEY) as fake:
-        job_id = text_job(conn, "Where is my order?", language="en")
+        job_id = text_job(conn, "Can you help me with my account?", language="en")
         record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
     assert record["status"] == "done", record["error"]
     assert [d["text"] for d in deltas(conn, job_id)] == [

@@ -37,7 +37,7 @@ def event_time(event_id: str) -> float:
 
 def test_sentences_are_queued_while_the_reply_streams(conn: redis.Redis, redis_url: str) -> None:
     with FakeOpenAI(default=Reply(REPLY, delta_delay_s=0.04), api_key=API_KEY) as fake:
-        job_id = chat_job(conn, "Where is my order?")
+        job_id = chat_job(conn, "Can you help me with my account?")
         runner = threading.Thread(target=run_llm, args=(conn, settings_for(fake.base_url, redis_url), job_id))
         runner.start()
         deadline = time.monotonic() + 10
@@ -77,7 +77,7 @@ def test_sentences_are_queued_while_the_reply_streams(conn: redis.Redis, redis_u
 def test_chinese_reply_is_cut_at_chinese_punctuation(conn: redis.Redis, redis_url: str) -> None:
     reply = "您好，您的订单明天到。请问还有什么可以帮您？我们每天早上到晚上都营业。"
     with FakeOpenAI(default=Reply(reply, deltas=[reply[i:i + 2] for i in range(0, len(reply), 2)])) as fake:
-        job_id = chat_job(conn, "我的订单在哪里？", language="zh")
+        job_id = chat_job(conn, "我的账户怎么登录？", language="zh")
         record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
     expected = ["您好，您的订单明天到。", "请问还有什么可以帮您？我们每天早上到晚上都营业。"]
     assert [c["text"] for c in record["results"]["llm"]["chunks"]] == expected
@@ -88,7 +88,7 @@ def test_chinese_reply_is_cut_at_chinese_punctuation(conn: redis.Redis, redis_ur
 def test_no_chunks_queued_without_streaming_or_speech(
         conn: redis.Redis, redis_url: str, kind: str, options: dict[str, Any]) -> None:
     with FakeOpenAI(default=Reply(REPLY)) as fake:
-        job_id = chat_job(conn, "Where is my order?", kind=kind, **options)
+        job_id = chat_job(conn, "Can you help me with my account?", kind=kind, **options)
         record = run_llm(conn, settings_for(fake.base_url, redis_url), job_id)
     assert record["status"] == ("running" if kind == "chat" else "done")
     assert queued_chunks(conn) == []
@@ -102,12 +102,12 @@ def test_second_identical_question_is_a_cache_hit_without_an_llm_call(conn: redi
     prompt_tokens = sample("voicequeue_llm_tokens_total", kind="prompt")
     with FakeOpenAI(default=Reply(REPLY)) as fake:
         settings = settings_for(fake.base_url, redis_url)
-        first = run_llm(conn, settings, chat_job(conn, "Where is my order?"))
+        first = run_llm(conn, settings, chat_job(conn, "Can you help me with my account?"))
         assert len(fake.chat_requests) == 1
         assert sample("voicequeue_cache_misses_total", cache="answer") - misses == 1
         conn.delete("tts:live", "rq:queue:tts:live")
         tokens_after_first = sample("voicequeue_llm_tokens_total", kind="prompt")
-        job_id = chat_job(conn, "  where is my ORDER ")
+        job_id = chat_job(conn, "  can you help me with my ACCOUNT ")
         second = run_llm(conn, settings, job_id)
         assert len(fake.chat_requests) == 1  # no second request
     assert first["results"]["llm"]["cache"] == "miss"

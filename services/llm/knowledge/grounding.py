@@ -259,11 +259,13 @@ def unsupported(answer: str, system: str, text: str) -> set[str]:
     return figures(answer) - _given(system, text, [])
 
 
-def without_documents(system: str, text: str, language: str | None, history: list[Any]) -> Grounding:
-    """A tenant with no knowledge base: a question on a business topic its prompt does not mention gets the
-    don't-know line; otherwise the model answers as it likes, but cannot state a figure nobody gave."""
+def without_documents(system: str, text: str, language: str | None, history: list[Any],
+                      tools: str = "") -> Grounding:
+    """A tenant with no knowledge base: a question on a business topic neither its prompt nor its `tools`
+    (their descriptions) mention gets the don't-know line; otherwise the model answers as it likes, but
+    cannot state a figure nobody gave."""
     fallback = dont_know(language, text)
-    untold = topics.untold(text, system)
+    untold = topics.untold(text, f"{system}\n{tools}")
     if untold:
         return Grounding(KnowledgeUse(outcome="not_found", topics=untold), reply=fallback, fallback=fallback,
                          instructed=False)

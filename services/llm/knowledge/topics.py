@@ -34,10 +34,15 @@ TOPICS = {
                       "付款 支付 信用卡 现金 发票 分期"),
     "location": _topic("address located location locations parking branch branches",
                        "地址 停车 门店 分店"),
+    # An order's status needs the tenant's order system (a tool, /v1/tools): "Where is my order?" got "Your
+    # order is in the kitchen." A tenant with an order tool gets the model, which calls it.
+    "orders": _topic("tracking parcel parcels", "订单 包裹 单号"),
 }
 # "open" and "close" alone are too often something else ("open a ticket", "close my account").
 # "how much" alone is not about a price either ("how much there might be in his power to do").
 PHRASES = {"credit card": "payment", "where are you": "location",
+           **dict.fromkeys(["my order", "my orders", "an order", "the order", "our order", "order number",
+                            "order status", "my package", "track my"], "orders"),
            **dict.fromkeys(["how much is", "how much are", "how much for", "how much does it", "how much would it",
                             "how much will it", "how much do you charge"], "prices"),
            **dict.fromkeys(["you open", "open on", "open at", "open until", "open today", "open tomorrow",

@@ -13,11 +13,12 @@ BUSINESS = [("Do you ship to Canada?", ["delivery"]), ("Are you open on Sundays?
             ("How much does delivery cost?", ["delivery", "prices"]), ("How much is the desk lamp?", ["prices"]),
             ("Can I return a sofa I bought online?", ["returns"]), ("Can I pay with a credit card?", ["payment"]),
             ("Where are you located?", ["location"]), ("你们几点开门？", ["hours"]),
-            ("运费多少钱？", ["delivery", "prices"]), ("可以退货吗？", ["returns"]), ("你们周末营业吗？", ["hours"])]
+            ("运费多少钱？", ["delivery", "prices"]), ("可以退货吗？", ["returns"]), ("你们周末营业吗？", ["hours"]),
+            ("Where is my order?", ["orders"]), ("我的订单在哪里？", ["orders"])]
 # Words that look like those topics but ask something else: these still reach the model (and its actions).
 OTHER = ["Please open a ticket about my broken lamp.", "I want to close my account.", "Have you opened my ticket?",
          "and mister john dashwood had then leisure to consider how much there might be prudently in his power",
-         "Where is my order?", "我的订单在哪里？", "What's two plus two?", "I want to talk to a person.",
+         "What do I need in order to log in?", "What's two plus two?", "I want to talk to a person.",
          "Tell me a story about a lighthouse keeper.", "Hello, how are you?"]
 
 
