@@ -86,7 +86,7 @@ def test_jobs_survive_a_redis_crash_and_a_restart_mid_work(
     with httpx.Client(base_url=stack.base_url, timeout=60) as client:
         ids = []
         for i in range(12):
-            r = client.post("/v1/chat", json={"text": f"Where is my order number {i}?"})
+            r = client.post("/v1/chat", json={"text": f"Can you help me with account number {i}?"})
             assert r.status_code == 202, r.text
             ids.append(r.json()["id"])
         clip = speech / "en_short/LDC93S1.wav"
