@@ -103,13 +103,14 @@ def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
     else:
         if cache_key:
             metrics.inc(metrics.CACHE_MISSES, cache="answer")
+        custom = tenant_tools(ctx)
         if kb_active and library is not None:
             grounded = grounding.ground(ctx.conn, library, job.tenant, text, language, history, grounding.Limits(
                 settings.knowledge_top_k, settings.knowledge_relevance_min, settings.knowledge_coverage_min),
                 system)
         elif settings.knowledge_guard_without_documents:
-            grounded = grounding.without_documents(system, text, language, history, tools_told(ctx))
-        acting = offer_actions(ctx, text, language, history)
+            grounded = grounding.without_documents(system, text, language, history, described(custom))
+        acting = offer_actions(ctx, text, language, history, custom)
         if grounded is not None and grounded.reply is not None and acting is None:
             reply = answer_fixed(ctx, grounded.reply, deltas)  # nothing relevant: nothing to make up from
         else:
@@ -242,7 +243,9 @@ def replayable(ctx: StageContext[Resources], found: answer_cache.Cached, system:
     if found.by == answer_cache.FAQ:
         return found.answer
     unknown = grounding.unsupported(found.answer, system, text)
-    untold = topics.untold(text, f"{system}\n{tools_told(ctx)}")
+    untold = topics.untold(text, system)
+    if untold:  # the tenant's tools may tell the bot about it: read them only then
+        untold = topics.untold(text, f"{system}\n{described(tenant_tools(ctx))}")
     if not unknown and not untold:
         return found.answer
     ctx.conn.delete(found.key)
@@ -433,16 +436,18 @@ def account(ctx: StageContext[Resources], result: ChatResult) -> None:
     log.info("reply streamed", extra=extra)
 
 
-def tools_told(ctx: StageContext[Resources]) -> str:
-    """What the tenant's own tools tell the bot it can find out ("Look up an order's status"), when the model
-    may call them."""
-    if not ctx.resources.settings.llm_tools:
-        return ""
-    return "\n".join(f"{t.name.replace('_', ' ')}: {t.description}" for t in tools.list_tools(ctx.conn, ctx.job.tenant))
+def tenant_tools(ctx: StageContext[Resources]) -> list[tools.Tool]:
+    """The tenant's own tools, when the model may call them."""
+    return tools.list_tools(ctx.conn, ctx.job.tenant) if ctx.resources.settings.llm_tools else []
+
+
+def described(custom: list[tools.Tool]) -> str:
+    """What the tools tell the bot it can find out ("lookup order: Look up an order's status")."""
+    return "\n".join(f"{t.name.replace('_', ' ')}: {t.description}" for t in custom)
 
 
 def offer_actions(ctx: StageContext[Resources], text: str, language: str | None,
-                  history: list[Any]) -> actions.Turn | None:
+                  history: list[Any], custom: list[tools.Tool]) -> actions.Turn | None:
     """The actions this turn may take (None when tools are off, or for a text-only job with no caller)."""
     settings, job = ctx.resources.settings, ctx.job
     if not settings.llm_tools:
@@ -451,7 +456,7 @@ def offer_actions(ctx: StageContext[Resources], text: str, language: str | None,
             and isinstance(m.get("content"), str)]
     return actions.Turn(conn=ctx.conn, settings=settings, tenant=job.tenant, job_id=ctx.job_id,
                         call_id=job.options.call_id, language=language, said=" ".join([*said, text]),
-                        custom=tools.list_tools(ctx.conn, job.tenant), filler_after_s=settings.llm_tool_filler_after_s)
+                        custom=custom, filler_after_s=settings.llm_tool_filler_after_s)
 
 
 def user_text(job: Job) -> str:
