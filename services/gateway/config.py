@@ -39,8 +39,9 @@ class GatewaySettings(CommonSettings):
     )
     batch_max_files: int = Field(1000, description="Most calls one batch may hold (413 past it).")
     gateway_voices: list[str] = Field(
-        default_factory=lambda: ["en_US-joe-medium", "jm_kumo", "jf_nezumi", "jf_alpha", "jf_gongitsune",
-                                 "jf_tebukuro"],
+        default_factory=lambda: ["en_US-joe-medium", "zf_xiaoyi", "zf_xiaoxiao", "zf_xiaobei", "zm_yunjian",
+                                 "zm_yunxi", "zm_yunxia", "zm_yunyang", "zf_xiaoni", "jm_kumo", "jf_nezumi",
+                                 "jf_alpha", "jf_gongitsune", "jf_tebukuro"],
         description="Local (piper, Kokoro) voice names requests may ask for (JSON list in VQ_GATEWAY_VOICES). Edge "
         "voices (xx-YY-NameNeural) and espeak-ng voices are accepted too; anything else is refused (400).",
     )

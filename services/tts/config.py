@@ -26,13 +26,16 @@ class TtsSettings(CommonSettings):
     tts_zh_engine: Literal["kokoro", "espeak"] = Field(
         "kokoro",
         description='Local engine for Mandarin: "kokoro" (neural, Kokoro-82M int8; round-trip CER through whisper '
-        'base about 0.15 on 12 replies full of numbers) or "espeak" (espeak-ng, robotic, whisper cannot '
-        'understand it). If Kokoro cannot load, espeak-ng speaks Mandarin and the worker logs why.',
+        'base about 0.06 on 12 replies full of numbers, with zf_xiaoyi) or "espeak" (espeak-ng, robotic, whisper '
+        'cannot understand it). If Kokoro cannot load, espeak-ng speaks Mandarin and the worker logs why.',
     )
     tts_kokoro_voice: str = Field(
-        "jm_kumo",
-        description="Default Kokoro voice for Mandarin: jm_kumo (male; best round-trip CER), jf_nezumi, "
-        "jf_alpha, jf_gongitsune or jf_tebukuro (the shipped voices are Japanese speakers reading Mandarin).",
+        "zf_xiaoyi",
+        description="Default Kokoro voice for Mandarin. Mandarin speakers (fetched by `voicequeue models fetch`): "
+        "zf_xiaoyi (female; best round-trip CER), zf_xiaoxiao, zf_xiaobei, zm_yunjian, zm_yunxi, zm_yunxia, "
+        "zm_yunyang, zf_xiaoni (worst by far); Japanese speakers (bundled; jm_kumo speaks if the Mandarin voices "
+        "could not be fetched): jm_kumo, jf_nezumi, jf_alpha, jf_gongitsune, jf_tebukuro. docs/benchmarks.md "
+        "has each voice's CER.",
     )
     tts_kokoro_threads: int = Field(
         2,

@@ -112,7 +112,7 @@ def test_speech_endpoint_speaks_mandarin_with_kokoro_and_caches_it(client: httpx
     r = client.post("/v1/audio/speech", json={"input": "谢谢您的来电。", "voice": "alloy", "response_format": "wav"})
     assert r.status_code == 200
     tts = client.get(f"/v1/jobs/{r.headers['x-job-id']}").json()["results"]["tts"]
-    assert (tts["engine"], tts["voice"]) == ("kokoro", "jm_kumo")
+    assert (tts["engine"], tts["voice"]) == ("kokoro", "zf_xiaoyi")
 
 
 def test_mandarin_voice_turn_end_to_end(client: httpx.Client, speech: Path, whisper_base: Any) -> None:
@@ -126,7 +126,7 @@ def test_mandarin_voice_turn_end_to_end(client: httpx.Client, speech: Path, whis
     assert languages.written_in_chinese(reply), reply
     job = client.get(f"/v1/jobs/{r.headers['x-job-id']}").json()
     tts = job["results"]["tts"]
-    assert tts["engine"] == "kokoro" and tts["voice"] == "jm_kumo" and tts["sample_rate"] == 24000
+    assert tts["engine"] == "kokoro" and tts["voice"] == "zf_xiaoyi" and tts["sample_rate"] == 24000
     assert all(c["engine"] == "kokoro" for c in tts["chunks"])
     heard = hear(whisper_base, wav_speech(r.content))
     # Syllables, not characters: a reply naming 达摩院 came back as 大魔院 (same sound) and failed a CER

