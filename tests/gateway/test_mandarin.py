@@ -1,8 +1,9 @@
 """Mandarin through the real stack: Simplified transcripts over HTTP and in batches (with subtitle exports),
-the neural voice on /v1/audio/speech with its cache, and a whole Mandarin voice turn."""
+the neural voice on /v1/audio/speech with its cache, a whole Mandarin voice turn, and a live call."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import statistics
@@ -19,7 +20,10 @@ from services.gateway import exports
 from services.tts.engines.base import Speech
 from shared import languages, models, textnorm
 from shared.config import CommonSettings
+from tests.gateway.call_helpers import audio_of, pcm, sdk_call, stream
 from tests.gateway.helpers import wait_finished
+from tests.gateway.test_realtime import RATE, keep_sending_silence, send_pcm
+from tests.stack import Stack
 from tests.zh import hear, simplified_only, spoken_cer, syllable_error_rate, traditional_only
 
 CLIPS = ["zh/aishell1_BAC009S0724W0121.wav", "zh/aishell1_BAC009S0764W0121.wav", "zh/funasr_asr_example.wav"]
@@ -132,3 +136,46 @@ def test_mandarin_voice_turn_end_to_end(client: httpx.Client, speech: Path, whis
     # Syllables, not characters: a reply naming 达摩院 came back as 大魔院 (same sound) and failed a CER
     # bound. The voice's CER against the issue's bar is tests/tts/test_kokoro.py's job.
     assert syllable_error_rate(reply, heard) <= 0.25, (reply, heard, spoken_cer(reply, heard))
+
+
+def test_mandarin_live_call(stack: Stack, speech: Path, whisper_base: Any,
+                            references: dict[str, dict[str, str]]) -> None:
+    """A live call in Mandarin through the official SDK: zh audio streamed at real-time pace → a Simplified
+    transcript → a Chinese reply spoken by the neural voice, whose audio is heard back within the same bound as
+    the turn's."""
+    clip = CLIPS[1]
+
+    async def run() -> None:
+        session: dict[str, Any] = {
+            "instructions": "用一两句简短的中文回答来电者。",
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": RATE},
+                                "transcription": {"model": "whisper-1", "language": "zh"}},
+                      "output": {"format": {"type": "audio/pcm", "rate": RATE}}}}
+        async with sdk_call(stack.base_url, **session) as (conn, events):
+            call_id = events.of("session.created")[0]["session"]["id"]
+            await stream(send_pcm(conn), pcm(speech / clip, RATE, lead_s=0.5, tail_s=1.0), RATE * 2)
+            mic = asyncio.ensure_future(keep_sending_silence(conn))
+            try:
+                _, heard = await events.type("conversation.item.input_audio_transcription.completed", 120)
+                _, done = await events.type("response.done", 600)
+            finally:
+                mic.cancel()
+        transcript = heard["transcript"]
+        assert not traditional_only(transcript), transcript
+        assert textnorm.cer(references[clip]["transcript"], transcript) <= 0.25, transcript
+        assert done["response"]["status"] == "completed", done
+        reply_id = done["response"]["id"]
+        reply = audio_of([e for e in events.of("response.output_audio.delta") if e["response_id"] == reply_id])
+        text = "".join(e["delta"] for e in events.of("response.output_audio_transcript.delta"))
+        assert languages.written_in_chinese(text), text
+        heard_back = hear(whisper_base, Speech(np.frombuffer(reply, dtype=np.int16), RATE))
+        assert syllable_error_rate(text, heard_back) <= 0.25, (text, heard_back, spoken_cer(text, heard_back))
+        await asyncio.sleep(0.5)
+        r = httpx.get(f"{stack.base_url}/v1/calls/{call_id}", timeout=30)
+        assert r.status_code == 200, r.text
+        turn = r.json()["turns"][0]
+        assert turn["user"]["text"] == transcript and turn["assistant"]["text"] == text
+        job = httpx.get(f"{stack.base_url}/v1/jobs/{turn['reply_job_id']}", timeout=30).json()
+        assert (job["results"]["tts"]["engine"], job["results"]["tts"]["voice"]) == ("kokoro", "zf_xiaoyi"), job
+
+    asyncio.run(run())
