@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from services.tts import synth
-from services.tts.engines.kokoro import KokoroEngine, _pieces
+from services.tts.engines.kokoro import KokoroEngine, _pieces, english_phonemes
 from shared import models
 from shared.config import CommonSettings
 from tests.tts.conftest import make_settings
@@ -84,6 +84,16 @@ def test_voices_are_selectable(kokoro: KokoroEngine) -> None:
     assert male.pcm.shape != female.pcm.shape or not np.array_equal(male.pcm, female.pcm)
     assert japanese.pcm.shape != female.pcm.shape or not np.array_equal(japanese.pcm, female.pcm)
     assert all(1.5 < s.duration_s < 6.0 for s in (female, male, japanese))
+
+
+def test_latin_words_in_a_chinese_reply_are_read_as_english(kokoro: KokoroEngine, whisper_base: Any) -> None:
+    """misaki's v1.0 Mandarin G2P passes Latin letters through raw and the model reads them as phoneme symbols:
+    an order number's AB was lost, and an e-mail address came back as "Savage行李中"."""
+    phonemes = kokoro.phonemes("我们支持Visa和PayPal付款。")
+    assert "Visa" not in phonemes and "PayPal" not in phonemes and phonemes.startswith("wo↓mən"), phonemes
+    assert english_phonemes("VIP") == "vˈi ˈI pˈi"  # short capitals are spelled
+    assert "AB" in hear(whisper_base, kokoro.synthesize("您的订单号是AB123，请登录App查看。")).upper()
+    assert "example" in hear(whisper_base, kokoro.synthesize("请发邮件到service@example.com。")).lower()
 
 
 def test_mandarin_voices_are_fetched_and_checked(tmp_path: Any) -> None:

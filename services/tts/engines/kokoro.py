@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import threading
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,44 @@ MAX_TOKENS = 510  # the model's context is 512 phoneme tokens, with a pad at eac
 STYLE_DIM = 256
 
 
+# Latin words in a Chinese reply (App, PayPal, an order number's letters): misaki's v1.0 Mandarin G2P passes them
+# through as raw letters, which the model reads as phoneme symbols ("PayPal" came back from whisper as 爱要).
+# espeak-ng (piper's bundled copy) reads them as English instead; its IPA is rewritten into the symbols Kokoro was
+# trained on, which write diphthongs and affricates as one letter.
+LATIN_RUN = re.compile(r"[A-Za-z][A-Za-z0-9'@._-]*(?: +[A-Za-z][A-Za-z0-9'@._-]*)*")
+IPA_TO_KOKORO = (("eɪ", "A"), ("aɪ", "I"), ("aʊ", "W"), ("ɔɪ", "Y"), ("oʊ", "O"), ("əʊ", "O"), ("dʒ", "ʤ"),
+                 ("tʃ", "ʧ"), ("ɚ", "əɹ"), ("ɝ", "ɜɹ"), ("r", "ɹ"), ("ɐ", "ə"), ("ɾ", "T"), ("ʔ", "t"),
+                 ("ː", ""), ("ʲ", ""))
+
+
 class KokoroError(RuntimeError):
     pass
+
+
+# Letter names, for short capitals said letter by letter (VIP, an order number's AB): espeak-ng reads a lone
+# "A" as the article.
+LETTERS = dict(zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", (
+    "ˈA", "bˈi", "sˈi", "dˈi", "ˈi", "ˈɛf", "ʤˈi", "ˈAʧ", "ˈI", "ʤˈA", "kˈA", "ˈɛl", "ˈɛm", "ˈɛn", "ˈO", "pˈi",
+    "kjˈu", "ˈɑɹ", "ˈɛs", "tˈi", "jˈu", "vˈi", "dˈʌbəlju", "ˈɛks", "wˈI", "zˈi"), strict=True))
+
+
+def _espeak(words: str) -> str:
+    from piper.phonemize_espeak import EspeakPhonemizer
+
+    ipa = "".join("".join(sentence) for sentence in EspeakPhonemizer().phonemize("en-us", words))
+    ipa = unicodedata.normalize("NFC", ipa)
+    for old, new in IPA_TO_KOKORO:
+        ipa = ipa.replace(old, new)
+    return ipa.strip(" .,!?;:")
+
+
+def english_phonemes(text: str) -> str:
+    """Latin text as Kokoro's English phonemes (US): short capitals spelled, other words through espeak-ng."""
+    out = []
+    for word in text.split():
+        spelled = word.isalpha() and word.isupper() and len(word) <= 5
+        out.append(" ".join(LETTERS[c] for c in word) if spelled else _espeak(word))
+    return " ".join(p for p in out if p)
 
 
 def _session(model: Path, threads: int) -> ort.InferenceSession:
@@ -120,9 +157,18 @@ class KokoroEngine:
         return voice if voice is not None and voice in self.voices else self.voice
 
     def phonemes(self, text: str) -> str:
-        with self._lock:  # jieba's lazy initialisation is not thread-safe
-            phonemes, _ = self._g2p(zh_normalize.normalize(text))
-        return phonemes or ""
+        parts, at = [], 0
+        text = zh_normalize.normalize(text)
+        with self._lock:  # jieba's lazy initialisation and espeak-ng's state are not thread-safe
+            for latin in LATIN_RUN.finditer(text):
+                parts += [self._chinese(text[at:latin.start()]), english_phonemes(latin.group())]
+                at = latin.end()
+            parts.append(self._chinese(text[at:]))
+        return " ".join(p for p in parts if p)
+
+    def _chinese(self, text: str) -> str:
+        phonemes, _ = self._g2p(text) if text.strip() else ("", None)
+        return str(phonemes or "").strip()
 
     def synthesize(self, text: str, *, voice: str | None = None, language: str | None = None,
                    speed: float = 1.0) -> Speech:
