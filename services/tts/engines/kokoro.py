@@ -17,12 +17,14 @@ processes synthesize with it (tests/tts/test_kokoro.py forks with 2 threads).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import threading
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -62,10 +64,16 @@ LETTERS = dict(zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", (
     "kjˈu", "ˈɑɹ", "ˈɛs", "tˈi", "jˈu", "vˈi", "dˈʌbəlju", "ˈɛks", "wˈI", "zˈi"), strict=True))
 
 
-def _espeak(words: str) -> str:
+@functools.cache
+def _phonemizer() -> Any:
+    """One per process: each new one initialises espeak-ng again (it loads its data)."""
     from piper.phonemize_espeak import EspeakPhonemizer
 
-    ipa = "".join("".join(sentence) for sentence in EspeakPhonemizer().phonemize("en-us", words))
+    return EspeakPhonemizer()
+
+
+def _espeak(words: str) -> str:
+    ipa = "".join("".join(sentence) for sentence in _phonemizer().phonemize("en-us", words))
     ipa = unicodedata.normalize("NFC", ipa)
     for old, new in IPA_TO_KOKORO:
         ipa = ipa.replace(old, new)
