@@ -81,7 +81,7 @@ def synthetic(conn: redis.Redis, tenant: str, count: int, seed: int = 7) -> floa
 def retrieval(conn: redis.Redis, sizes: list[int], embedder: embeddings.MiniLM, settings: LlmSettings) -> None:
     library = Library(embedder.encode, max_tenants=len(sizes) + 1)
     limits = grounding.Limits(settings.knowledge_top_k, settings.knowledge_relevance_min,
-                              settings.knowledge_coverage_min)
+                              settings.knowledge_coverage_min, settings.knowledge_near_best)
     questions = [q for q, _ in ANSWERABLE] + UNANSWERABLE
     embed_s = []
     for q in questions:
@@ -155,7 +155,9 @@ def warm(raw: RawEngines, llm: LlmSettings) -> None:
 
 
 def on_stack(sizes_in_stack: int, questions: int = 8, ttfa_only: bool = False) -> None:
-    with bench_stack("vq-bench-kb-") as (stack, raw, llm, port):
+    # The tenant without a knowledge base is the baseline: the model answering the same question without
+    # passages. With the guard on, its business questions would get the fixed don't-know line, no model.
+    with bench_stack("vq-bench-kb-", {"VQ_KNOWLEDGE_GUARD_WITHOUT_DOCUMENTS": "false"}) as (stack, raw, llm, port):
         conn = redis.Redis(port=port)
         kb_key = keystore.create(conn, "shop")[0]
         plain_key = keystore.create(conn, "plain")[0]

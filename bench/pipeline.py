@@ -82,8 +82,8 @@ def clips(limit: int | None) -> list[Path]:
 
 
 @contextlib.contextmanager
-def bench_stack(prefix: str) -> Iterator[tuple[Stack, RawEngines, Any, int]]:
-    """The real stack on its own Redis (LLM at temperature 0), and the raw engines beside it."""
+def bench_stack(prefix: str, env: dict[str, str] | None = None) -> Iterator[tuple[Stack, RawEngines, Any, int]]:
+    """The real stack on its own Redis (LLM at temperature 0, plus `env`), and the raw engines beside it."""
     from services.llm.config import LlmSettings
 
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
@@ -92,7 +92,7 @@ def bench_stack(prefix: str) -> Iterator[tuple[Stack, RawEngines, Any, int]]:
     llm = LlmSettings()
     stack = Stack(f"redis://127.0.0.1:{port}/0", tmp / "logs")
     try:
-        stack.start(extra_env={"VQ_LLM_TEMPERATURE": "0"})
+        stack.start(extra_env={"VQ_LLM_TEMPERATURE": "0", **(env or {})})
         wait_warm(stack)
         yield stack, RawEngines(stack.llm_base_url, llm.llm_api_key.get_secret_value(), llm.llm_max_tokens), llm, port
     finally:
