@@ -113,6 +113,11 @@ class LlmSettings(CommonSettings):
         0.3, ge=0.0, le=1.0, description="Least share of a Chinese question's words (idf-weighted, jieba) a passage "
         "must hold to go into the prompt (the embedding model reads English only)."
     )
+    knowledge_near_best: float = Field(
+        0.8, ge=0.0, le=1.0, description="A relevant passage goes into the prompt only if its relevance is at "
+        "least this share of the best passage's: each passage's tokens are prefilled before the first word of "
+        "the reply. 0 keeps every relevant passage, up to knowledge_top_k."
+    )
     knowledge_passage_size: int = Field(
         360, ge=80, description="Largest passage when documents are split (characters, a CJK character counts "
         "as three); whole sentences, never across a heading."

@@ -106,7 +106,8 @@ def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
         custom = tenant_tools(ctx)
         if kb_active and library is not None:
             grounded = grounding.ground(ctx.conn, library, job.tenant, text, language, history, grounding.Limits(
-                settings.knowledge_top_k, settings.knowledge_relevance_min, settings.knowledge_coverage_min),
+                settings.knowledge_top_k, settings.knowledge_relevance_min, settings.knowledge_coverage_min,
+                settings.knowledge_near_best),
                 system)
         elif settings.knowledge_guard_without_documents:
             grounded = grounding.without_documents(system, text, language, history, described(custom))

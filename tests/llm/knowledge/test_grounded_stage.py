@@ -114,6 +114,21 @@ def test_chinese_question_finds_the_chinese_passage(shop: redis.Redis, fake: Fak
     assert "退款会在3到5个工作日内退回原支付账户" in fake.chat_requests[0].body["messages"][-2]["content"]
 
 
+def test_passages_far_below_the_best_stay_out_of_the_prompt(shop: redis.Redis, fake: FakeOpenAI, redis_url: str,
+                                                            embedder: MiniLM) -> None:
+    """Every passage is prefilled before the first word: the public-holidays passage clears the relevance floor
+    for "open on Christmas Day?" only because top-k had room, so it stays out unless the setting lets it in."""
+    question = "Is the shop open on Christmas Day?"
+    cut = answer(shop, fake, redis_url, embedder, question, settings={"llm_answer_cache": False})
+    kept = answer(shop, fake, redis_url, embedder, question,
+                  settings={"llm_answer_cache": False, "knowledge_near_best": 0.0})
+    assert [p["document_id"] for p in cut["knowledge"]["passages"]] == ["opening-hours.md"]
+    assert "closed on New Year's Day and on Christmas Day" in fake.chat_requests[0].body["messages"][-2]["content"]
+    assert "Monday to Friday" not in fake.chat_requests[0].body["messages"][-2]["content"]
+    assert len(kept["knowledge"]["passages"]) == 2  # the weekday hours came along
+    assert "Monday to Friday" in fake.chat_requests[1].body["messages"][-2]["content"]
+
+
 def test_a_figure_no_passage_gives_stops_the_reply(shop: redis.Redis, redis_url: str, embedder: MiniLM) -> None:
     invented = "Standard delivery costs $4.95, and our hotline is 555 0199, open all night."
     with FakeOpenAI(default=Reply(invented), api_key=API_KEY) as fake:
