@@ -74,7 +74,7 @@ def test_live_turn_during_a_batch_within_twice_idle(conn: redis.Redis, redis_url
         workers.enter_context(asr_worker(redis_url, tmp_path / "live.log", ["live"]))
         workers.enter_context(asr_worker(redis_url, tmp_path / "batch.log", ["batch"], nice=19))
         live_turn(conn, live_audio, reference)  # warm-up: first decode allocates the thread pools
-        idle = statistics.median(live_turn(conn, live_audio, reference) for _ in range(3))
+        idle = statistics.median(live_turn(conn, live_audio, reference) for _ in range(5))
 
         batch = [enqueue(conn, (speech / LONG_CLIP).read_bytes(), "batch", 169.2) for _ in range(3)]
         deadline = time.monotonic() + 60
@@ -82,7 +82,7 @@ def test_live_turn_during_a_batch_within_twice_idle(conn: redis.Redis, redis_url
             assert time.monotonic() < deadline
             time.sleep(0.1)
         time.sleep(1.0)  # well into the batched decode
-        busy = [live_turn(conn, live_audio, reference) for _ in range(3)]
+        busy = [live_turn(conn, live_audio, reference) for _ in range(5)]  # 5: medians of 3 were noisy in CI
         batch_still_running = jobs.load(conn, batch[-1])["status"] != "done"  # type: ignore[index]
 
         for job_id in batch:
