@@ -165,7 +165,8 @@ class KnowledgeUse(Record):
 
     passages: list[KnowledgePassage] = []
     found: bool = False  # a passage scored above the relevance threshold
-    outcome: str | None = None  # grounded, not_found (said it does not know), small_talk, no_documents, guarded
+    outcome: str | None = None  # grounded, not_found (said it does not know), small_talk, no_documents, guarded,
+    # contradicted (a "yes" the passages deny: their sentence was said instead)
     topics: list[str] | None = None  # not_found without documents: the business topics nobody told the bot about
     retrieval_s: float | None = None
     version: int | None = None

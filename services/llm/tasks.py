@@ -130,10 +130,11 @@ def work(ctx: StageContext[Resources]) -> LlmResult | AnalysisResult:
     if session_id:
         sessions.append_turn(ctx.conn, session_id, text, result.text, max_turns=settings.session_max_turns,
                              ttl_s=settings.session_ttl_s, tenant=job.tenant)
-    # A reply the figure guard cut is not kept: asked again, the model may answer without inventing. Nor is
+    # A reply the figure guard cut or replaced is not kept: asked again, the model may answer right. Nor is
     # the don't-know line said without the model: it costs nothing to say again, and it goes stale with the
     # setting or the prompt.
-    unkept = grounded is not None and (grounded.use.outcome == "guarded" or grounded.reply is not None)
+    unkept = grounded is not None and (grounded.use.outcome in ("guarded", "contradicted")
+                                       or grounded.reply is not None)
     if cache_key and cached is None and result.finish_reason == "stop" and result.text.strip() and \
             not result.tool_calls and not unkept:
         answer_cache.put(ctx.conn, cache_key, result.text, settings.llm_answer_cache_ttl_s, by=answer_cache.MODEL)
@@ -366,7 +367,12 @@ def speak(ctx: StageContext[Resources], reply: ChatStream, deltas: Deltas, groun
     result = reply.result
     if guard is not None and grounded is not None and not ctx.cancelled() and not only_act:
         deltas.chunks.feed(deltas.add(guard.flush()))
-        if guard.tripped is not None:
+        if guard.contradicted and guard.denies is not None:
+            say(deltas, guard.denies)  # the document's own words, not the model's "yes"
+            grounded.use.outcome = "contradicted"
+            log.warning("reply opened with a yes the passages deny", extra={"job_id": ctx.job_id})
+            result = dataclasses.replace(result, finish_reason="stop")
+        elif guard.tripped is not None:
             say(deltas, grounded.fallback)
             grounded.use.outcome = "guarded"
             log.warning("reply stopped at an unsupported figure", extra={"job_id": ctx.job_id})

@@ -67,7 +67,8 @@
     list.replaceChildren();
     if (!used) { outcome.textContent = "The last answer did not use the knowledge base."; return; }
     const said = { grounded: "Answered from these passages:", not_found: "Nothing relevant found: the bot offered a transfer.",
-                   small_talk: "Small talk: no passages needed.", guarded: "Stopped at a figure no passage gave; these were in the prompt:" };
+                   small_talk: "Small talk: no passages needed.", guarded: "Stopped at a figure no passage gave; these were in the prompt:",
+                   contradicted: "The model said yes where a passage says no; the passage's sentence was said instead:" };
     outcome.textContent = said[used.outcome] || used.outcome;
     for (const p of used.passages || []) {
       const li = document.createElement("li");

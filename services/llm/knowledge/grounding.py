@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.llm.engines.base import Message
-from services.llm.knowledge import lexical, topics
+from services.llm.knowledge import lexical, polarity, topics
 from services.llm.knowledge.retrieve import Hit, Library
 from shared.jobs import KnowledgePassage, KnowledgeUse
 from shared.sentences import is_cjk
@@ -55,6 +55,7 @@ DONT_KNOW = {
 PASSAGES_HEADING = "Reference passages for the next question (quoted data):"
 # A clause ends at Western punctuation before whitespace, or at a CJK mark: the guard releases text there.
 CLAUSE_END = re.compile(r"[,.!?;:](?=\s)|[，。！？；：、\n]")
+YES = "yes"  # FigureGuard.tripped when a reply opened with a "yes" the passages deny (no figure is a word)
 
 
 def dont_know(language: str | None, text: str) -> str:
@@ -182,8 +183,15 @@ class FigureGuard:
     """Releases the reply clause by clause, and stops it at the first number nobody gave."""
 
     allowed: set[str]
+    denies: str | None = None  # a negative passage sentence: a reply opening with "yes" is stopped (`polarity`)
     held: str = ""
-    tripped: str | None = None  # the figure that stopped the reply
+    tripped: str | None = None  # the figure that stopped the reply, or YES
+    released: bool = False
+
+    @property
+    def contradicted(self) -> bool:
+        """Stopped at a "yes" the passages deny: `denies` is said instead."""
+        return self.tripped == YES
 
     def feed(self, delta: str) -> str:
         if self.tripped is not None:
@@ -200,10 +208,14 @@ class FigureGuard:
         return self._check(release) if self.tripped is None else ""
 
     def _check(self, text: str) -> str:
+        if self.denies is not None and not self.released and polarity.says_yes(text):
+            self.tripped = YES
+            return ""
         unknown = figures(text) - self.allowed
         if unknown:
             self.tripped = sorted(unknown)[0]
             return ""
+        self.released = self.released or bool(text.strip())
         return text
 
 
@@ -321,4 +333,5 @@ def ground(conn: Any, library: Library, tenant: str, text: str, language: str | 
     allowed = _given(system, text, history)
     for h in relevant:
         allowed |= figures(f"{h.title} {h.passage.heading} {h.passage.text}")
-    return Grounding(use, hits=relevant, guard=FigureGuard(allowed), fallback=fallback)
+    denies = polarity.denial(text, [h.passage.text for h in relevant])
+    return Grounding(use, hits=relevant, guard=FigureGuard(allowed, denies), fallback=fallback)

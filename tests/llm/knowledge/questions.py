@@ -30,6 +30,9 @@ ANSWERABLE: list[tuple[str, list[str]]] = [
     ("Where is your shop?", ["harbour street"]),
     ("How long can I park for free?", ["2 hours", "two hours"]),
     ("How long is a gift card valid?", ["3 years", "three years"]),
+    # The model opens many yes/no questions with "Yes" whatever the passage says (services/llm/knowledge/polarity.py)
+    ("Can a lost gift card be replaced?", ["cannot be replaced", "can't be replaced", "not be replaced",
+                                           "cannot replace", "can't replace", "not replace"]),
     ("What do Moss Club members get on their birthday?", ["10", "ten percent"]),
     ("上海门店周末几点开门？", ["10", "十点", "十"]),
     ("退款多久能到账？", ["3到5", "3至5", "三到五", "三至五", "3 5", "35个"]),

@@ -139,6 +139,29 @@ def test_a_figure_no_passage_gives_stops_the_reply(shop: redis.Redis, redis_url:
     assert [c["text"] for c in result["chunks"]][-1].endswith("colleague who can help?")
 
 
+def test_a_yes_the_passage_denies_is_replaced_by_its_sentence(shop: redis.Redis, redis_url: str,
+                                                              embedder: MiniLM) -> None:
+    question = "Do you ship internationally?"  # the passage: "We do not ship internationally."
+    with FakeOpenAI(default=Reply("Yes, we ship to most countries in Europe."), api_key=API_KEY) as fake:
+        result = answer(shop, fake, redis_url, embedder, question)
+        again = answer(shop, fake, redis_url, embedder, question)
+    assert result["text"] == "We do not ship internationally." and "Europe" not in result["text"]
+    assert [c["text"] for c in result["chunks"]] == ["We do not ship internationally."]  # "Yes" never spoken
+    assert result["knowledge"]["outcome"] == "contradicted" and result["finish_reason"] == "stop"
+    assert again["cache"] == "miss" and len(fake.chat_requests) == 2  # not kept: the model is asked again
+
+    with FakeOpenAI(default=Reply("No, we only deliver within the country."), api_key=API_KEY) as fake:
+        denied = answer(shop, fake, redis_url, embedder, question, settings={"llm_answer_cache": False})
+    assert denied["text"] == "No, we only deliver within the country." and denied["knowledge"]["outcome"] == "grounded"
+
+
+def test_a_yes_to_a_passage_that_allows_it_is_said(shop: redis.Redis, redis_url: str, embedder: MiniLM) -> None:
+    reply = "Yes, express delivery arrives the next business day if you order before 2 p.m."
+    with FakeOpenAI(default=Reply(reply), api_key=API_KEY) as fake:
+        result = answer(shop, fake, redis_url, embedder, "Can express delivery arrive the next day?")
+    assert result["text"] == reply and result["knowledge"]["outcome"] == "grounded"
+
+
 def test_nothing_relevant_says_so_without_the_model(shop: redis.Redis, fake: FakeOpenAI, redis_url: str,
                                                     embedder: MiniLM) -> None:
     english = answer(shop, fake, redis_url, embedder, "Do you sell cars?")
