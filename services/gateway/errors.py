@@ -84,6 +84,8 @@ def _describe(exc: RequestValidationError) -> str:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header"))
         if err.get("type") == "missing":
             parts.append(f"missing field '{loc}'")
+        elif err.get("type") == "extra_forbidden":
+            parts.append(f"unknown field '{loc}'")
         else:
             parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
     return "; ".join(parts) or "invalid request"

@@ -6,6 +6,8 @@ import functools
 import re
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from services.gateway.config import GatewaySettings
 from services.gateway.errors import ApiError
 
@@ -16,6 +18,15 @@ OPENAI_VOICES = frozenset(
      "cedar"}
 )
 EDGE_VOICE = re.compile(r"^[a-z]{2,}-[A-Z]{2,}-.+Neural$")
+
+
+class StrictBody(BaseModel):
+    """A JSON body of voicequeue's own routes: an unknown field is a 422 naming it, not silently dropped. A
+    "history" sent to /v1/chat (which keeps history by `session_id`) was ignored, and the reply came from the
+    answer cache as if the caller had said nothing before. OpenAI-compatible bodies stay lenient: its SDKs
+    send fields of their own."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import redis
 
-from tests.gateway.helpers import jobs_and_queues
+from tests.gateway.helpers import jobs_and_queues, wav_duration
 from tests.stack import Stack
 
 BROKEN_JSON = {"content": b'{"text": "hello", ', "headers": {"content-type": "application/json"}}
@@ -26,6 +26,10 @@ CHAT: dict[str, tuple[dict[str, Any], int, str]] = {
     "session_id too long": ({"json": {"text": "hi", "session_id": "x" * 65}}, 400, "session_id"),
     "unknown voice": ({"json": {"text": "hi", "voice": "robot-9000"}}, 400, "unknown voice"),
     "unknown language": ({"json": {"text": "hi", "language": "klingon"}}, 400, "unknown language"),
+    # History is kept by session_id: a "history" field used to be dropped without a word.
+    "unknown field": ({"json": {"text": "hi", "history": [{"role": "user", "content": "Hi"}]}}, 422,
+                      "unknown field 'history'"),
+    "misspelt field": ({"json": {"text": "hi", "sesion_id": "abc"}}, 422, "unknown field 'sesion_id'"),
 }
 
 SPEECH: dict[str, tuple[dict[str, Any], int, str]] = {
@@ -40,6 +44,9 @@ SPEECH: dict[str, tuple[dict[str, Any], int, str]] = {
     "speed not a number": ({"json": {"input": "hi", "speed": "fast"}}, 422, "speed"),
     "malformed json": (BROKEN_JSON, 400, "not valid json"),
 }
+# OpenAI's SDKs send fields of their own: /v1/audio/speech takes what it knows and leaves the rest.
+SPEECH_EXTRA = {"model": "tts-1", "input": "Hello there.", "voice": "alloy", "stream_format": "audio",
+                "instructions": "Speak warmly."}
 
 
 def _refused(client: httpx.Client, conn: redis.Redis, path: str, request: dict[str, Any], status: int,
@@ -80,3 +87,9 @@ def test_openai_sdk_sees_the_reason(stack: Stack) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         sdk.audio.speech.create(model="tts-1", voice="alloy", input="hi", response_format="aac")
     assert "not supported" in str(err.value)
+
+
+def test_speech_takes_the_fields_it_knows(client: httpx.Client) -> None:
+    r = client.post("/v1/audio/speech", json={**SPEECH_EXTRA, "response_format": "wav"})
+    assert r.status_code == 200, r.text
+    assert 0.4 < wav_duration(r.content) < 3.0  # "Hello there." spoken

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, cast
 import redis
 from fastapi import APIRouter, Query, Request, Response, UploadFile
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.datastructures import UploadFile as FormFile
 
@@ -19,13 +19,14 @@ from services.gateway.config import GatewaySettings
 from services.gateway.deps import BlobsDep, RedisDep, SettingsDep, TenantDep
 from services.gateway.errors import ApiError
 from services.gateway.uploads import check_language, read_audio
+from services.gateway.validate import StrictBody
 from shared import connection, jobs, keys
 from shared.blobs import RedisBlobStore
 
 router = APIRouter(tags=["batches"])
 
 
-class BatchOptions(BaseModel):
+class BatchOptions(StrictBody):
     language: str | None = Field(None, description="ISO code for every call; default: detected per call.")
     summarize: bool = Field(False, description="Also run the LLM's structured analysis of each call.")
     channel_speakers: list[str] | None = Field(None, description="Speaker names of channels 0 and 1 (stereo).")
@@ -33,7 +34,7 @@ class BatchOptions(BaseModel):
     initial_prompt: str | None = Field(None, description="Text the recogniser is primed with.")
 
 
-class BatchInputs(BaseModel):
+class BatchInputs(StrictBody):
     inputs: list[str] = Field(description="Ids of jobs or blobs already uploaded; their audio becomes the calls.")
     options: BatchOptions = Field(default_factory=BatchOptions)
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from services.gateway.deps import RedisDep, SettingsDep, TenantDep
 from services.gateway.submit import links, submit
 from services.gateway.uploads import check_language
-from services.gateway.validate import check_session_id, check_text, check_voice
+from services.gateway.validate import StrictBody, check_session_id, check_text, check_voice
 
 router = APIRouter(tags=["chat"])
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(StrictBody):
     text: str = Field(description="What the caller says (at most `chat_max_chars` characters).")
     session_id: str | None = Field(None, description="Keeps the conversation's history: [A-Za-z0-9_-]{1,64}.")
     speak: bool = Field(True, description="Also speak the answer (false: text only).")

@@ -11,12 +11,13 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 from starlette.datastructures import UploadFile as FormFile
 
 from services.gateway.config import GatewaySettings
 from services.gateway.deps import RedisDep, SettingsDep, TenantDep
 from services.gateway.errors import ApiError
+from services.gateway.validate import StrictBody
 from shared import keys, knowledge
 
 router = APIRouter(tags=["knowledge"])
@@ -29,7 +30,7 @@ FORMATS = {"text": "text", "markdown": "markdown", "html": "html"}
 MAX_TITLE = 200
 
 
-class TextDocument(BaseModel):
+class TextDocument(StrictBody):
     title: str = Field(description="The document's title (also its id when `id` is not given).")
     text: str = Field(description="The document's content.")
     id: str | None = Field(None, description="Document id, [A-Za-z0-9._-]{1,128}; the same id replaces it.")

@@ -13,10 +13,11 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from services.gateway.deps import RedisDep, SettingsDep, TenantDep
 from services.gateway.errors import ApiError
+from services.gateway.validate import StrictBody
 from shared import tools, webhooks
 
 router = APIRouter(tags=["tools"])
@@ -29,7 +30,7 @@ TEST_CALLS = anyio.CapacityLimiter(TEST_CALL_SLOTS)
 FIELD_CODES = {"name": "invalid_tool_name", "parameters": "invalid_parameters", "url": "invalid_tool_url"}
 
 
-class TryCall(BaseModel):
+class TryCall(StrictBody):
     arguments: Any = Field(default_factory=dict, description="The arguments, as the model would give them.")
 
 

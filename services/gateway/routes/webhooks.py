@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from services.gateway.deps import RedisDep, SettingsDep, TenantDep
 from services.gateway.errors import ApiError
+from services.gateway.validate import StrictBody
 from shared import webhooks
 
 router = APIRouter(tags=["webhooks"])
@@ -20,7 +21,7 @@ router = APIRouter(tags=["webhooks"])
 SHOWN_SECRET_CHARS = 4
 
 
-class EndpointRequest(BaseModel):
+class EndpointRequest(StrictBody):
     url: str = Field(description="Where events are POSTed: an https:// URL (http:// only to 127.0.0.1, localhost "
                      "or ::1, unless the operator allows it), not at an internal address (see docs/webhooks.md, "
                      "Outbound requests).")
