@@ -6,7 +6,8 @@ the caller hears that the bot does not know and is offered a transfer, without a
 so nothing can be made up. Otherwise the passages go into the prompt as quoted data, and a guard reads the
 reply clause by clause as it streams:
 a number the passages (or the caller) never gave stops the reply there and the don't-know line is
-said instead. Small talk ("hello", "thanks") goes to the model without passages.
+said instead, and a "yes" that the best-matching passage sentence denies is replaced by that sentence
+(`polarity`). Small talk ("hello", "thanks") goes to the model without passages.
 
 A tenant with no documents gets the same guard (`without_documents`): nothing backs a figure about the
 business there, and the model, asked its opening hours or delivery price, makes one up ("We open at 8.")
