@@ -7,6 +7,7 @@ and speech caches emptied before each round). Per turn, from the moment the call
 - LLM wait: from the transcript until the LLM stage starts;
 - to first delta: from the LLM stage's start to its first `llm.delta` event (the answer cache, any action
   decision, then the prompt's prefill), of which
+- action decision: the model's pick among the actions the words could mean (0 when none could);
 - server's first token: the time the LLM server took to its first token (the prefill alone);
 - first sentence: from the first `llm.delta` event to the first `tts.chunk` (decoding the first sentence, then
   piper speaking it);
@@ -40,8 +41,8 @@ from bench.streaming import closed_loop, event_times  # noqa: E402
 from shared import redis_server  # noqa: E402
 from tests.stack import Stack, free_port  # noqa: E402
 
-PARTS = ("asr wait", "asr run", "llm wait", "to first delta", "server's first token", "first sentence",
-         "first audio")
+PARTS = ("asr wait", "asr run", "llm wait", "to first delta", "action decision", "server's first token",
+         "first sentence", "first audio")
 
 
 def turn(client: httpx.Client, path: Path) -> dict[str, float]:
@@ -57,6 +58,7 @@ def turn(client: httpx.Client, path: Path) -> dict[str, float]:
         "asr run": asr["finished_at"] - asr["started_at"],
         "llm wait": llm["started_at"] - asr["finished_at"],
         "to first delta": posted + seen["llm.delta"] - llm["started_at"],
+        "action decision": float((job["results"]["llm"].get("tool_decision") or {}).get("seconds") or 0.0),
         "server's first token": float(job["results"]["llm"].get("ttft_s") or 0.0),
         "first sentence": seen["tts.chunk"] - seen["llm.delta"],
         "first audio": seen["tts.chunk"],
@@ -67,6 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--callers", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--per-turn", action="store_true", help="also print every turn's parts")
     args = ap.parse_args()
     print(f"load average at start: {loadavg()}", flush=True)
     log_dir = Path(tempfile.mkdtemp(prefix="vq-bench-first-audio-"))
@@ -90,6 +93,10 @@ def main() -> None:
         stack.stop()
         redis_proc.terminate()
         redis_proc.wait(10)
+    if args.per_turn:
+        print("\n" + " ".join(f"{p[:12]:>12s}" for p in PARTS))
+        for r in rows:
+            print(" ".join(f"{r[p]:12.2f}" for p in PARTS))
     print(f"\n{len(rows)} turns at {args.callers} callers (seconds)")
     for part in PARTS:
         values = [r[part] for r in rows]
