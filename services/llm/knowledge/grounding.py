@@ -316,12 +316,12 @@ def ground(conn: Any, library: Library, tenant: str, text: str, language: str | 
     hits = library.search(conn, tenant, queries, limits.top_k)
     # A word in common proves little in English ("cars" meets "car park"), so there the embedding leads and
     # shared words only add to it; Chinese, which MiniLM cannot read, has only the words to go by.
+    score: Callable[[Hit], float]
     if lexical.CJK.search(text):
-        relevant = _near_the_best([h for h in hits if h.coverage >= limits.coverage_min],
-                                  lambda h: h.coverage, limits.near_best)
+        score, floor = (lambda h: h.coverage), limits.coverage_min
     else:
-        relevant = _near_the_best([h for h in hits if h.relevance(COVERAGE_WEIGHT) >= limits.relevance_min],
-                                  lambda h: h.relevance(COVERAGE_WEIGHT), limits.near_best)
+        score, floor = (lambda h: h.relevance(COVERAGE_WEIGHT)), limits.relevance_min
+    relevant = _near_the_best([h for h in hits if score(h) >= floor], score, limits.near_best)
     use = KnowledgeUse(found=bool(relevant), version=index.version,
                        passages=[KnowledgePassage(document_id=h.document_id, title=h.title,
                                                   passage_id=h.passage.id, score=round(h.score, 5))
